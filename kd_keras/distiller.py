@@ -1,0 +1,341 @@
+"""`Distiller`: a `keras.Model` that trains a student against a frozen teacher."""
+
+import keras
+import tensorflow as tf
+
+from kd_keras import losses as kd_losses
+
+__all__ = ["Distiller"]
+
+TEACHER_KEY = "teacher"
+STUDENT_KEY = "student"
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A plain `fn(y_true, y_pred) -> per-sample values` as a Keras loss."""
+
+    def __init__(self, fn, name=None):
+        super().__init__(name=name or getattr(fn, "__name__", None))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+    def get_config(self):
+        return {"fn": keras.saving.serialize_keras_object(self.fn), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["fn"]), name=config["name"])
+
+
+def _as_loss(loss):
+    if loss is None or isinstance(loss, keras.losses.Loss):
+        return loss
+    loss = keras.losses.get(loss)
+    return loss if isinstance(loss, keras.losses.Loss) else _FunctionLoss(loss)
+
+
+def _select(outputs, key):
+    if key is None:
+        return outputs
+    try:
+        return outputs[key]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"Model outputs have no entry {key!r}; outputs: {outputs!r}") from e
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class Distiller(keras.Model):
+    """Trains `student` to match a frozen `teacher` and, optionally, labels.
+
+    Formula:
+
+    ```
+    loss = alpha * distillation_loss(teacher(x_teacher), student(x_student))
+         + (1 - alpha) * student_loss(y, student(x_student))
+         + student regularization losses
+    ```
+
+    `alpha` weights the soft (teacher) term. Whether the soft term carries a
+    `T^2` factor is the distillation loss's setting
+    (`scale_by_temperature_squared`, on by default for the temperature losses
+    of `kd_keras.losses`). With `y` absent (unlabeled transfer data) the hard
+    term is 0, so use `alpha=1` there.
+
+    The teacher is frozen: `trainable=False`, always run with
+    `training=False`, outside the gradient tape. `call`, `predict` and the
+    compiled metrics are the student's.
+
+    Inputs `x` of a batch may be:
+    - anything the student takes; the teacher gets the same;
+    - a dict with `"teacher"` and `"student"` entries, when the two take
+      different inputs (WordPiece ids for a BERT teacher, other ids for an
+      LSTM student);
+    - a dict with a `teacher_outputs_key` entry (default `"teacher_outputs"`)
+      holding precomputed teacher outputs: the teacher is then not called at
+      all. The student gets `x["student"]`, or else the dict without the
+      teacher entries.
+
+    Args:
+        teacher: `keras.Model` (or any callable) producing the soft targets.
+        student: `keras.Model` to train.
+        teacher_outputs_key: str. Key of cached teacher outputs in `x`.
+        distill_output: `None`, str or int. Which entry of the student's (and
+            the teacher's) outputs the distillation loss compares, when the
+            models return a dict or list; `None` compares the whole output.
+        label_output: `None`, str or int. Which entry of the student's outputs
+            the student loss and the metrics see; `None` for all of it.
+
+    Example:
+
+    ```python
+    teacher = keras.Sequential([keras.layers.Dense(3)])
+    student = keras.Sequential([keras.layers.Dense(3)])
+    distiller = kd_keras.Distiller(teacher, student)
+    distiller.compile(
+        optimizer="adam",
+        student_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        distillation_loss="forward_kl",
+        alpha=0.5,
+        temperature=2.0,
+        metrics=["accuracy"],
+    )
+    distiller.fit(np.ones((8, 4)), np.zeros((8,)), epochs=1, verbose=0)
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        teacher_outputs_key="teacher_outputs",
+        distill_output=None,
+        label_output=None,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if teacher is student:
+            raise ValueError("`teacher` and `student` must be different models.")
+        if not callable(teacher) or not callable(student):
+            raise TypeError("`teacher` and `student` must be Keras models or callables.")
+        # === Layers ===
+        self.teacher = teacher
+        self.student = student
+        if isinstance(teacher, keras.layers.Layer):
+            teacher.trainable = False
+        # === Config ===
+        self.teacher_outputs_key = teacher_outputs_key
+        self.distill_output = distill_output
+        self.label_output = label_output
+        # === Trackers ===
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.student_loss = None
+        self.distillation_loss = None
+        self.alpha = None
+        self.label_mask = False
+
+    # === Compile ===
+
+    def compile(
+        self,
+        optimizer="adam",
+        student_loss=None,
+        distillation_loss="forward_kl",
+        alpha=0.5,
+        temperature=None,
+        metrics=None,
+        label_mask=False,
+        **kwargs,
+    ):
+        """Configures the distillation.
+
+        Args:
+            optimizer: optimizer name or instance.
+            student_loss: loss of the student against the labels `y` (a name,
+                function or `keras.losses.Loss`); may be `None` only when
+                `alpha == 1`.
+            distillation_loss: a loss object or one of `"soft_target_mse"`,
+                `"logit_mse"`, `"forward_kl"`, `"reverse_kl"`,
+                `"skewed_forward_kl"`, `"skewed_reverse_kl"`; called as
+                `loss(teacher_outputs, student_outputs, sample_weight)`.
+            alpha: float in [0, 1], the weight of the distillation loss.
+            temperature: float or `None`. When given, sets the distillation
+                loss's temperature (on a copy of a loss object).
+            metrics: metrics of the student's outputs against `y`.
+            label_mask: bool. Also leave out of the distillation loss the
+                positions whose label `y` equals the loss's `ignore_index`
+                (-100): prompt tokens and padding in causal LM data.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`,
+                `steps_per_execution`, `run_eagerly`, ...).
+        """
+        if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"`alpha` must be a number in [0, 1]; received {alpha!r}.")
+        if student_loss is None and alpha != 1.0:
+            raise ValueError("`student_loss` is required unless `alpha == 1`.")
+        if kwargs.pop("loss", None) is not None:
+            raise ValueError("Use `student_loss` and `distillation_loss`, not `loss`.")
+        self.student_loss = _as_loss(student_loss)
+        self.distillation_loss = self._distillation_loss(distillation_loss, temperature)
+        self.alpha = float(alpha)
+        self.label_mask = bool(label_mask)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        self._kd_compile_config = {
+            "optimizer": self.optimizer,
+            "student_loss": self.student_loss,
+            "distillation_loss": self.distillation_loss,
+            "alpha": self.alpha,
+            "metrics": metrics,
+            "label_mask": self.label_mask,
+        }
+
+    @staticmethod
+    def _distillation_loss(loss, temperature):
+        if loss is None:
+            raise ValueError("`distillation_loss` is required.")
+        if isinstance(loss, str):
+            if temperature is not None and loss == "logit_mse":
+                raise ValueError("`logit_mse` has no temperature; leave `temperature=None`.")
+            kwargs = {} if temperature is None else {"temperature": temperature}
+            return kd_losses.get(loss, **kwargs)
+        if temperature is None:
+            return _as_loss(loss)
+        if not hasattr(loss, "temperature") or isinstance(loss, kd_losses.LogitMSE):
+            raise ValueError(f"{type(loss).__name__} has no temperature; leave `temperature=None`.")
+        return type(loss).from_config({**loss.get_config(), "temperature": temperature})
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return {}
+        return keras.saving.serialize_keras_object(self._kd_compile_config)
+
+    def compile_from_config(self, config):
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # === Inputs ===
+
+    def split_inputs(self, x):
+        """Returns `(teacher_x, student_x, cached_teacher_outputs)` for a batch."""
+        if isinstance(x, dict):
+            routed = {TEACHER_KEY, STUDENT_KEY, self.teacher_outputs_key}
+            if routed & set(x):
+                cached = x.get(self.teacher_outputs_key)
+                if STUDENT_KEY in x:
+                    student_x = x[STUDENT_KEY]
+                else:
+                    student_x = {k: v for k, v in x.items() if k not in routed}
+                    if not student_x:
+                        raise ValueError(
+                            f"Batch inputs {sorted(x)} hold nothing for the student: add a "
+                            f"{STUDENT_KEY!r} entry."
+                        )
+                teacher_x = x.get(TEACHER_KEY, student_x)
+                return teacher_x, student_x, cached
+        return x, x, None
+
+    def teacher_outputs(self, x):
+        """The teacher's outputs for a batch: cached ones if `x` carries them."""
+        teacher_x, _, cached = self.split_inputs(x)
+        outputs = cached if cached is not None else self.teacher(teacher_x, training=False)
+        return tf.nest.map_structure(
+            lambda t: tf.stop_gradient(tf.cast(t, tf.float32))
+            if tf.as_dtype(t.dtype).is_floating
+            else t,
+            outputs,
+        )
+
+    # === Forward pass ===
+
+    def call(self, inputs, training=None):
+        _, student_x, _ = self.split_inputs(inputs)
+        return self.student(student_x, training=training)
+
+    def _compute_losses(self, y, teacher_out, student_out, sample_weight):
+        soft_kwargs = {}
+        if self.label_mask and y is not None:
+            if not isinstance(self.distillation_loss, kd_losses.DistillationLoss):
+                raise ValueError("`label_mask=True` needs a kd_keras.losses distillation loss.")
+            soft_kwargs["labels"] = y
+        soft = self.distillation_loss(
+            _select(teacher_out, self.distill_output),
+            _select(student_out, self.distill_output),
+            sample_weight=sample_weight,
+            **soft_kwargs,
+        )
+        if y is not None and self.student_loss is not None:
+            hard = self.student_loss(
+                y, _select(student_out, self.label_output), sample_weight=sample_weight
+            )
+        else:
+            hard = tf.zeros((), tf.float32)
+        soft = tf.cast(soft, tf.float32)
+        hard = tf.cast(hard, tf.float32)
+        total = self.alpha * soft + (1.0 - self.alpha) * hard
+        if self.student.losses:
+            # Regularizers, already per replica as Keras' own losses are.
+            extra = tf.add_n([tf.cast(t, tf.float32) for t in self.student.losses])
+            total = total + kd_losses._scale_for_distribution(extra)
+        return total, hard, soft
+
+    def _update_trackers(self, x, y, student_out, sample_weight, total, hard, soft):
+        batch = tf.shape(tf.nest.flatten(self.split_inputs(x)[1])[0])[0]
+        for tracker, value in (
+            (self._loss_tracker, total),
+            (self.student_loss_tracker, hard),
+            (self.distillation_loss_tracker, soft),
+        ):
+            tracker.update_state(kd_losses._unscale_for_distribution(value), sample_weight=batch)
+        if y is None:
+            return self.get_metrics_result()
+        return self.compute_metrics(
+            x, y, _select(student_out, self.label_output), sample_weight=sample_weight
+        )
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _, student_x, _ = self.split_inputs(x)
+        teacher_out = self.teacher_outputs(x)  # outside the tape
+        variables = self.student.trainable_variables
+        with tf.GradientTape() as tape:
+            student_out = self.student(student_x, training=True)
+            total, hard, soft = self._compute_losses(y, teacher_out, student_out, sample_weight)
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_trackers(x, y, student_out, sample_weight, total, hard, soft)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _, student_x, _ = self.split_inputs(x)
+        teacher_out = self.teacher_outputs(x)
+        student_out = self.student(student_x, training=False)
+        total, hard, soft = self._compute_losses(y, teacher_out, student_out, sample_weight)
+        return self._update_trackers(x, y, student_out, sample_weight, total, hard, soft)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)
+
+    # === Config ===
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher_outputs_key": self.teacher_outputs_key,
+            "distill_output": self.distill_output,
+            "label_output": self.label_output,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        return cls(**config)
+

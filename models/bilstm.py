@@ -1,0 +1,71 @@
+"""BiLSTM sentence encoder: the small, fast student of the BERT-to-DSSM recipe."""
+
+import keras
+
+from models.layers import MaskedMeanPooling, siamese
+
+
+def build_bilstm_encoder(
+    vocabulary_size,
+    embedding_dim=128,
+    hidden_dim=128,
+    output_dim=None,
+    dropout=0.1,
+    embeddings_initializer="uniform",
+    name="bilstm_encoder",
+):
+    """Token ids to a sentence embedding: embedding, BiLSTM, masked mean pooling.
+
+    Args:
+        vocabulary_size: int. Token id 0 is padding (as `[PAD]` in BERT
+            WordPiece vocabularies) and is masked.
+        embedding_dim: int. Width of the token embeddings.
+        hidden_dim: int. Units of each LSTM direction.
+        output_dim: int or `None`. Width of a final linear projection (to
+            match a teacher's embedding width); `None` keeps `2 * hidden_dim`.
+        dropout: float. Dropout on the token embeddings.
+        embeddings_initializer: initializer or a `[vocabulary_size,
+            embedding_dim]` array (e.g. projected teacher embeddings).
+        name: str.
+
+    Returns:
+        A functional `keras.Model` from `token_ids` `[B, S]` int32 to
+        `[B, output_dim or 2 * hidden_dim]`.
+    """
+    # === Layers ===
+    if not isinstance(embeddings_initializer, str) and hasattr(embeddings_initializer, "shape"):
+        embeddings_initializer = keras.initializers.Constant(embeddings_initializer)
+    embedding = keras.layers.Embedding(
+        vocabulary_size,
+        embedding_dim,
+        mask_zero=True,
+        embeddings_initializer=embeddings_initializer,
+        name="token_embedding",
+    )
+    lstm = keras.layers.Bidirectional(
+        keras.layers.LSTM(hidden_dim, return_sequences=True), name="bilstm"
+    )
+    # === Functional Model ===
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    x = embedding(token_ids)
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    x = lstm(x)
+    x = MaskedMeanPooling(name="pooling")(x)
+    if output_dim is not None:
+        x = keras.layers.Dense(output_dim, name="projection")(x)
+    return keras.Model(token_ids, x, name=name)
+
+
+def build_siamese_bilstm(vocabulary_size, name="siamese_bilstm", **encoder_kwargs):
+    """Siamese BiLSTM pair model: one shared tower, cosine similarity.
+
+    Args:
+        vocabulary_size: int.
+        name: str.
+        **encoder_kwargs: passed to `build_bilstm_encoder`.
+
+    Returns:
+        `keras.Model` with inputs `{"sentence_a": ids, "sentence_b": ids}` and
+        output the cosine score `[B, 1]`.
+    """
+    return siamese(build_bilstm_encoder(vocabulary_size, **encoder_kwargs), name=name)
