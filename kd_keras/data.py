@@ -28,7 +28,9 @@ def read_lines(path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})")
+                raise DataError(
+                    f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})"
+                ) from None
             yield number, text.rstrip("\r\n")
 
 

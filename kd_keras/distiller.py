@@ -125,6 +125,10 @@ class Distiller(keras.Model):
         self.student = student
         if isinstance(teacher, keras.layers.Layer):
             teacher.trainable = False
+        # Built when its models are (functional models always are), so that
+        # callbacks such as BackupAndRestore can restore before the first step.
+        if getattr(student, "built", False) and getattr(teacher, "built", True):
+            self.built = True
         # === Config ===
         self.teacher_outputs_key = teacher_outputs_key
         self.distill_output = distill_output
@@ -242,9 +246,9 @@ class Distiller(keras.Model):
         teacher_x, _, cached = self.split_inputs(x)
         outputs = cached if cached is not None else self.teacher(teacher_x, training=False)
         return tf.nest.map_structure(
-            lambda t: tf.stop_gradient(tf.cast(t, tf.float32))
-            if tf.as_dtype(t.dtype).is_floating
-            else t,
+            lambda t: (
+                tf.stop_gradient(tf.cast(t, tf.float32)) if tf.as_dtype(t.dtype).is_floating else t
+            ),
             outputs,
         )
 
@@ -338,4 +342,3 @@ class Distiller(keras.Model):
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
-

@@ -283,33 +283,32 @@ def mask_from_labels(labels, ignore_index=-100):
 # === Loss classes ===
 
 
-def _broadcast_weights(weights, values, what):
-    """Casts `weights` to float32 and broadcasts it to the shape of `values`.
+def _broadcast_weights(weights, shape, dynamic_shape, what):
+    """Casts `weights` to float32 and broadcasts it to the positions' shape.
 
-    A weight of rank lower than `values` is aligned on the leading axes (a
-    per-sample weight `[B]` applies to every position of `[B, S]` values); a
+    A weight of lower rank than the positions is aligned on the leading axes
+    (a per-sample weight `[B]` applies to every position of `[B, S]`); a
     trailing axis of size 1 is dropped.
     """
     weights = tf.cast(tf.convert_to_tensor(weights), tf.float32)
-    rank = values.shape.rank
+    rank = shape.rank
     if weights.shape.rank is not None and rank is not None:
         if weights.shape.rank == rank + 1 and weights.shape[-1] == 1:
             weights = tf.squeeze(weights, axis=-1)
         if weights.shape.rank > rank:
             raise ValueError(
                 f"`{what}` of shape {weights.shape} has more axes than the loss "
-                f"values of shape {values.shape} (one value per position)."
+                f"positions {shape} (the logits' shape without the class axis)."
             )
         for _ in range(rank - weights.shape.rank):
             weights = tf.expand_dims(weights, -1)
-        if not weights.shape.is_compatible_with(values.shape) and not all(
-            w in (1, None) or v is None or w == v for w, v in zip(weights.shape, values.shape)
-        ):
-            raise ValueError(
-                f"`{what}` of shape {weights.shape} does not match the loss values "
-                f"of shape {values.shape}."
-            )
-    return tf.broadcast_to(weights, tf.shape(values))
+        for w, v in zip(weights.shape, shape, strict=True):
+            if w not in (1, None) and v is not None and w != v:
+                raise ValueError(
+                    f"`{what}` of shape {weights.shape} does not match the loss "
+                    f"positions {shape} (the logits' shape without the class axis)."
+                )
+    return tf.broadcast_to(weights, dynamic_shape)
 
 
 class DistillationLoss(keras.losses.Loss):
@@ -388,9 +387,8 @@ class DistillationLoss(keras.losses.Loss):
         keras_mask = getattr(y_pred, "_keras_mask", None)
         with tf.name_scope(self.name):
             teacher_logits, student_logits = self._align(y_true, y_pred)
-            values = self.per_position(teacher_logits, student_logits)
-            if self.scale_by_temperature_squared:
-                values = values * (self.temperature**2)
+            positions = student_logits.shape[:-1]
+            positions_dynamic = tf.shape(student_logits)[:-1]
             weights = None
             for what, w in (
                 ("sample_weight", sample_weight),
@@ -403,21 +401,28 @@ class DistillationLoss(keras.losses.Loss):
             ):
                 if w is None:
                     continue
-                w = _broadcast_weights(w, values, what)
+                w = _broadcast_weights(w, positions, positions_dynamic, what)
                 weights = w if weights is None else weights * w
             if weights is not None:
-                # Where the weight is 0 the value does not count, even if it is
-                # inf or NaN (padding written as garbage logits).
-                values = tf.where(weights != 0.0, values * weights, tf.zeros_like(values))
+                # A position of weight 0 must not count even when its logits
+                # are garbage (padding written as -inf or NaN): zero them
+                # before the divergence, so that neither its value nor its
+                # gradient can be NaN.
+                keep = tf.expand_dims(weights != 0.0, -1)
+                teacher_logits = tf.where(keep, teacher_logits, tf.zeros_like(teacher_logits))
+                student_logits = tf.where(keep, student_logits, tf.zeros_like(student_logits))
+            values = self.per_position(teacher_logits, student_logits)
+            if self.scale_by_temperature_squared:
+                values = values * (self.temperature**2)
+            if weights is not None:
+                values = values * weights
             if self.distillation_reduction == "none":
                 return values
             total = tf.reduce_sum(values)
             if self.distillation_reduction == "sum":
                 return total
             count = (
-                tf.cast(tf.size(values), tf.float32)
-                if weights is None
-                else tf.reduce_sum(weights)
+                tf.cast(tf.size(values), tf.float32) if weights is None else tf.reduce_sum(weights)
             )
             return _scale_for_distribution(tf.math.divide_no_nan(total, count))
 
@@ -464,7 +469,9 @@ class LogitMSE(DistillationLoss):
     No temperature (it would cancel out against the `T^2` factor).
     """
 
-    def __init__(self, truncate_teacher_vocab=False, ignore_index=-100, reduction="mean", name=None):
+    def __init__(
+        self, truncate_teacher_vocab=False, ignore_index=-100, reduction="mean", name=None
+    ):
         super().__init__(
             temperature=1.0,
             scale_by_temperature_squared=False,
