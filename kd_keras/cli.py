@@ -9,7 +9,10 @@ import importlib
 import sys
 
 # name -> (module, one-line help)
-SUBCOMMANDS = {}
+SUBCOMMANDS = {
+    "embed": ("kd_keras.embed", "Write sentence embeddings of a text file to .npy with a teacher."),
+    "export": ("kd_keras.export_cli", "Export a student or a teacher as a raw-text SavedModel."),
+}
 
 
 def build_parser():

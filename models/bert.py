@@ -1,31 +1,9 @@
 """BERT sentence encoders built with KerasHub (random weights; see
 `models.teachers` for pretrained checkpoints)."""
 
-import keras
 import keras_hub
 
-from models.layers import MaskedMeanPooling
-
-
-def bert_sentence_encoder(backbone, name="bert_sentence_encoder"):
-    """Wraps a KerasHub `BertBackbone` with masked mean pooling.
-
-    Args:
-        backbone: `keras_hub.models.BertBackbone`.
-        name: str.
-
-    Returns:
-        `keras.Model` from `{"token_ids", "segment_ids", "padding_mask"}`
-        (`[B, S]` each) to the mean of the unpadded token states `[B, H]`.
-    """
-    inputs = {
-        "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
-        "segment_ids": keras.Input(shape=(None,), dtype="int32", name="segment_ids"),
-        "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
-    }
-    sequence = backbone(inputs)["sequence_output"]
-    pooled = MaskedMeanPooling(name="pooling")(sequence, inputs["padding_mask"])
-    return keras.Model(inputs, pooled, name=name)
+from models.heads import build_sentence_embedder
 
 
 def build_tiny_bert_encoder(
@@ -51,7 +29,9 @@ def build_tiny_bert_encoder(
         name: str.
 
     Returns:
-        A `bert_sentence_encoder` around a new `BertBackbone`.
+        `models.heads.build_sentence_embedder` (mean pooling, not
+        normalized) around a new `BertBackbone`: a model from
+        `{"token_ids", "segment_ids", "padding_mask"}` to `[B, hidden_dim]`.
     """
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=vocabulary_size,
@@ -62,4 +42,4 @@ def build_tiny_bert_encoder(
         max_sequence_length=max_sequence_length,
         dropout=dropout,
     )
-    return bert_sentence_encoder(backbone, name=name)
+    return build_sentence_embedder(backbone, pooling="mean", normalize=False, name=name)

