@@ -35,6 +35,6 @@ else
 fi
 
 if [[ "$run_main" == 1 ]]; then
-  echo "setup: running the main job (examples/quickstart.py)"
-  exec "$VENV/bin/python" examples/quickstart.py "$@"
+  echo "setup: running the main job (kd-keras distill $*)"
+  exec "$VENV/bin/kd-keras" distill "$@"
 fi

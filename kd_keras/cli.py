@@ -10,6 +10,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
+    "distill": ("kd_keras.distill", "Distill a sentence-similarity teacher into a fast student."),
     "embed": ("kd_keras.embed", "Write sentence embeddings of a text file to .npy with a teacher."),
     "export": ("kd_keras.export_cli", "Export a student or a teacher as a raw-text SavedModel."),
 }

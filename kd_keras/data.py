@@ -1,13 +1,27 @@
 """Readers for the sentence-pair data kd-keras trains on."""
 
+import csv
+import io
+import json
 import os
 
 import numpy as np
 
-__all__ = ["DataError", "read_lines", "read_stsb", "STSB_DIR"]
+__all__ = [
+    "DataError",
+    "read_lines",
+    "read_stsb",
+    "read_pairs",
+    "read_sentences",
+    "STSB_DIR",
+    "SST2_DIR",
+]
 
 # The STS Benchmark shipped with the project (see data/stsb/LICENSE.txt).
-STSB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "stsb")
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+STSB_DIR = os.path.join(_DATA, "stsb")
+# SST-2 (SentEval copy) shipped with the project, for unlabeled transfer sentences.
+SST2_DIR = os.path.join(_DATA, "sst2")
 
 
 class DataError(ValueError):
@@ -64,12 +78,7 @@ def read_stsb(path, limit=None):
                 f"{path}:{number}: expected at least 7 tab-separated columns "
                 f"(genre, file, year, id, score, sentence1, sentence2), found {len(columns)}"
             )
-        try:
-            score = float(columns[4])
-        except ValueError:
-            raise DataError(f"{path}:{number}: score {columns[4]!r} is not a number") from None
-        if not 0.0 <= score <= 5.0:
-            raise DataError(f"{path}:{number}: score {score} is outside [0, 5]")
+        score = _check_score(path, number, columns[4], 5.0)
         a, b = columns[5].strip(), columns[6].strip()
         if not a or not b:
             raise DataError(f"{path}:{number}: empty sentence")
@@ -79,3 +88,141 @@ def read_stsb(path, limit=None):
     if not scores:
         raise DataError(f"{path}: no sentence pairs found")
     return sentences_a, sentences_b, np.asarray(scores, dtype="float32")
+
+
+def _check_score(path, number, value, scale):
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}:{number}: score {value!r} is not a number") from None
+    if not np.isfinite(score):
+        raise DataError(f"{path}:{number}: score {value!r} is not a finite number")
+    if scale is not None and not 0.0 <= score <= scale:
+        raise DataError(f"{path}:{number}: score {score:g} is outside [0, {scale:g}]")
+    return score
+
+
+def _sniff_format(path):
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".json"):
+        return "jsonl"
+    for _, line in read_lines(path):
+        if line.strip():
+            columns = line.split("\t")
+            if len(columns) >= 7:
+                try:
+                    float(columns[4])
+                    return "stsb"
+                except ValueError:
+                    pass
+            return "tsv" if ext == ".tsv" or "\t" in line else "csv"
+    raise DataError(f"{path}: no sentence pairs found")
+
+
+def read_pairs(
+    path,
+    format=None,
+    sentence_a="sentence1",
+    sentence_b="sentence2",
+    score="score",
+    max_score=5.0,
+    limit=None,
+):
+    """Reads scored sentence pairs from STS-B, CSV, TSV or JSON-lines files.
+
+    Args:
+        path: str.
+        format: `"stsb"`, `"csv"`, `"tsv"`, `"jsonl"` or `None` to infer it
+            (`.jsonl`/`.json` is JSON lines; a tab-separated line with a
+            number in its fifth column is STS-B; else TSV or CSV by the
+            delimiter). CSV and TSV files have a header row.
+        sentence_a, sentence_b, score: str. Column (or JSON key) names.
+        max_score: float or `None`. Scores must lie in `[0, max_score]`.
+        limit: int or `None`. Read only the first `limit` pairs.
+
+    Returns:
+        `(sentences_a, sentences_b, scores)` as in `read_stsb`.
+
+    Raises:
+        DataError: naming the file and line of a missing column, a score that
+            is not a number, an empty sentence, a malformed JSON line; or an
+            empty file.
+    """
+    format = format or _sniff_format(path)
+    if format == "stsb":
+        return read_stsb(path, limit=limit)
+    if format not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"Unknown data format {format!r}; use stsb, csv, tsv or jsonl.")
+    names = (sentence_a, sentence_b, score)
+    rows = []
+    if format == "jsonl":
+        for number, line in read_lines(path):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{number}: expected a JSON object")
+                rows.append((number, record))
+    else:
+        lines = list(read_lines(path))
+        text = io.StringIO("\n".join(line for _, line in lines))
+        reader = csv.DictReader(text, delimiter="\t" if format == "tsv" else ",")
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: no sentence pairs found")
+        missing = [n for n in names if n not in reader.fieldnames]
+        if missing:
+            raise DataError(
+                f"{path}:1: missing column {missing[0]!r} (header has {reader.fieldnames})"
+            )
+        for record in reader:
+            rows.append((lines[reader.line_num - 1][0], record))
+    sentences_a, sentences_b, scores = [], [], []
+    for number, record in rows:
+        if limit is not None and len(scores) >= limit:
+            break
+        missing = [n for n in names if record.get(n) is None]
+        if missing:
+            raise DataError(f"{path}:{number}: missing column {missing[0]!r}")
+        a, b = str(record[sentence_a]).strip(), str(record[sentence_b]).strip()
+        if not a or not b:
+            raise DataError(f"{path}:{number}: empty sentence")
+        scores.append(_check_score(path, number, record[score], max_score))
+        sentences_a.append(a)
+        sentences_b.append(b)
+    if not scores:
+        raise DataError(f"{path}: no sentence pairs found")
+    return sentences_a, sentences_b, np.asarray(scores, dtype="float32")
+
+
+def read_sentences(path, column=0, limit=None):
+    """Reads one sentence per line (the `column`-th tab-separated field).
+
+    Suits plain text files and the SST-2 `sentence<TAB>label` files. Blank
+    lines are skipped.
+
+    Args:
+        path: str.
+        column: int. Which tab-separated field holds the sentence.
+        limit: int or `None`.
+
+    Returns:
+        list of str.
+
+    Raises:
+        DataError: a missing file, a non-UTF-8 line, or no sentence at all.
+    """
+    sentences = []
+    for number, line in read_lines(path):
+        if limit is not None and len(sentences) >= limit:
+            break
+        fields = line.split("\t")
+        if len(fields) <= column:
+            raise DataError(f"{path}:{number}: expected at least {column + 1} tab-separated fields")
+        text = fields[column].strip()
+        if text:
+            sentences.append(text)
+    if not sentences:
+        raise DataError(f"{path}: no sentences found")
+    return sentences

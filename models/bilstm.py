@@ -12,6 +12,7 @@ def build_bilstm_encoder(
     output_dim=None,
     dropout=0.1,
     embeddings_initializer="uniform",
+    normalize=False,
     name="bilstm_encoder",
 ):
     """Token ids to a sentence embedding: embedding, BiLSTM, masked mean pooling.
@@ -26,6 +27,8 @@ def build_bilstm_encoder(
         dropout: float. Dropout on the token embeddings.
         embeddings_initializer: initializer or a `[vocabulary_size,
             embedding_dim]` array (e.g. projected teacher embeddings).
+        normalize: bool. L2-normalize the output (as sentence-embedding
+            teachers such as all-MiniLM-L6-v2 do).
         name: str.
 
     Returns:
@@ -53,6 +56,8 @@ def build_bilstm_encoder(
     x = MaskedMeanPooling(name="pooling")(x)
     if output_dim is not None:
         x = keras.layers.Dense(output_dim, name="projection")(x)
+    if normalize:
+        x = keras.layers.UnitNormalization(name="normalize")(x)
     return keras.Model(token_ids, x, name=name)
 
 

@@ -42,7 +42,7 @@ def test_bare_quotes_and_licence_columns_are_kept(tmp_path):
             "g\tf\t2012\t1\t2.5\ta\tb\ng\tf\t2012\t2\tfive\ta\tb\n",
             r":2: score 'five' is not a number",
         ),
-        ("g\tf\t2012\t1\t7.0\ta\tb\n", r":1: score 7.0 is outside \[0, 5\]"),
+        ("g\tf\t2012\t1\t7.0\ta\tb\n", r":1: score 7 is outside \[0, 5\]"),
         ("g\tf\t2012\t1\t1.0\t \tb\n", r":1: empty sentence"),
         ("", r"no sentence pairs"),
     ],

@@ -1,0 +1,176 @@
+"""Transfer sets: the sentences and pairs a teacher labels for its student.
+
+A gold set such as STS-B train (5,749 pairs) is small; the teacher can label
+far more. Following Tang et al. 2019 ("Distilling Task-Specific Knowledge from
+BERT into Simple Neural Networks"), the transfer set adds unlabeled sentences
+and synthetic ones made by token masking and n-gram sampling, and new pairs
+made by randomly re-pairing sentences.
+"""
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["augment_sentence", "augment_sentences", "TransferSet", "build_transfer_set"]
+
+
+def augment_sentence(sentence, rng, p_mask=0.1, p_ngram=0.25, max_ngram=5, mask_token="[MASK]"):
+    """One synthetic sentence, as in Tang et al. 2019 (without POS replacement).
+
+    Each whitespace word is replaced by `mask_token` with probability
+    `p_mask`; then, with probability `p_ngram`, only a random n-gram of the
+    result is kept, `n` drawn uniformly from 1 to `max_ngram`.
+
+    Args:
+        sentence: str.
+        rng: `np.random.Generator`.
+        p_mask: float. Probability of masking each word.
+        p_ngram: float. Probability of n-gram sampling.
+        max_ngram: int. Longest n-gram.
+        mask_token: str. The teacher's mask token (kept whole by the BERT
+            tokenizers of this project).
+
+    Returns:
+        str; never empty for a non-empty input.
+    """
+    words = sentence.split()
+    if not words:
+        return sentence
+    masked = rng.random(len(words)) < p_mask
+    words = [mask_token if m else w for w, m in zip(words, masked, strict=True)]
+    if rng.random() < p_ngram:
+        n = int(rng.integers(1, max_ngram + 1))
+        if n < len(words):
+            start = int(rng.integers(0, len(words) - n + 1))
+            words = words[start : start + n]
+    return " ".join(words)
+
+
+def augment_sentences(sentences, per_sentence, seed=0, **kwargs):
+    """`per_sentence` synthetic variants of each sentence, new ones only.
+
+    Args:
+        sentences: list of str.
+        per_sentence: int. Draws per sentence (duplicates and unchanged
+            copies are dropped, so fewer may come back).
+        seed: int.
+        **kwargs: passed to `augment_sentence`.
+
+    Returns:
+        list of str, in draw order, none equal to an input sentence.
+    """
+    rng = np.random.default_rng(seed)
+    seen = set(sentences)
+    out = []
+    for _ in range(per_sentence):
+        for sentence in sentences:
+            new = augment_sentence(sentence, rng, **kwargs)
+            if new and new not in seen:
+                seen.add(new)
+                out.append(new)
+    return out
+
+
+@dataclasses.dataclass
+class TransferSet:
+    """Unique sentences and pairs of indices into them.
+
+    Attributes:
+        sentences: list of str, each once.
+        first, second: int64 arrays `[P]`, the pairs' sentence indices.
+        gold: float32 array `[P]`, the gold score of a pair or NaN where the
+            pair is unlabeled.
+    """
+
+    sentences: list
+    first: np.ndarray
+    second: np.ndarray
+    gold: np.ndarray
+
+    def __len__(self):
+        return len(self.first)
+
+    @property
+    def labeled(self):
+        """Boolean mask of the pairs with a gold score."""
+        return ~np.isnan(self.gold)
+
+
+def build_transfer_set(
+    sentences_a,
+    sentences_b,
+    scores,
+    unlabeled=(),
+    augment_per_sentence=0,
+    repaired_pairs=0,
+    max_pairs=None,
+    seed=0,
+    **augment_kwargs,
+):
+    """The gold pairs plus unlabeled, augmented and re-paired ones.
+
+    Pairs, in order: every gold pair (labeled); the unlabeled and augmented
+    sentences, shuffled and paired two by two (unlabeled; each such sentence
+    appears once); `repaired_pairs` random pairs over all sentences
+    (unlabeled). `max_pairs` then keeps the gold pairs first.
+
+    Args:
+        sentences_a, sentences_b: lists of str, the gold pairs.
+        scores: array of gold scores.
+        unlabeled: iterable of extra str sentences (e.g. SST-2 phrases).
+        augment_per_sentence: int. Synthetic variants per gold and unlabeled
+            sentence (`augment_sentences`).
+        repaired_pairs: int. Random re-pairings to add.
+        max_pairs: int or `None`. Cap on the number of pairs.
+        seed: int.
+        **augment_kwargs: passed to `augment_sentence`.
+
+    Returns:
+        `TransferSet`.
+    """
+    if not len(sentences_a) == len(sentences_b) == len(scores):
+        raise ValueError(
+            f"Gold pairs disagree in length: {len(sentences_a)} first sentences, "
+            f"{len(sentences_b)} second sentences, {len(scores)} scores."
+        )
+    rng = np.random.default_rng(seed)
+    index = {}
+
+    def idx(sentence):
+        return index.setdefault(sentence, len(index))
+
+    first = [idx(s) for s in sentences_a]
+    second = [idx(s) for s in sentences_b]
+    gold = [float(s) for s in scores]
+    extra = [s for s in dict.fromkeys(unlabeled) if s.strip() and s not in index]
+    originals = list(index) + extra
+    if augment_per_sentence:
+        extra += augment_sentences(originals, augment_per_sentence, seed=seed, **augment_kwargs)
+    extra_ids = np.asarray([idx(s) for s in extra], dtype=np.int64)
+    rng.shuffle(extra_ids)
+    for i in range(0, len(extra_ids) - 1, 2):
+        first.append(int(extra_ids[i]))
+        second.append(int(extra_ids[i + 1]))
+        gold.append(np.nan)
+    if repaired_pairs:
+        a = rng.integers(0, len(index), size=repaired_pairs)
+        b = rng.integers(0, len(index), size=repaired_pairs)
+        first.extend(a.tolist())
+        second.extend(b.tolist())
+        gold.extend([np.nan] * repaired_pairs)
+    first = np.asarray(first, np.int64)
+    second = np.asarray(second, np.int64)
+    gold = np.asarray(gold, np.float32)
+    if max_pairs is not None and len(first) > max_pairs:
+        first, second, gold = first[:max_pairs], second[:max_pairs], gold[:max_pairs]
+    # Keep only the sentences some pair uses, re-indexed in first-use order.
+    used = np.unique(np.concatenate([first, second]))
+    remap = np.full(len(index), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    sentences = list(index)
+    return TransferSet(
+        sentences=[sentences[i] for i in used],
+        first=remap[first],
+        second=remap[second],
+        gold=gold,
+    )
