@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 import kd_keras  # noqa: E402
 from kd_keras.data import STSB_DIR, read_stsb  # noqa: E402
-from models.bert import build_tiny_bert_encoder  # noqa: E402
+from models.tiny_bert import build_tiny_bert_student  # noqa: E402
 from models.bilstm import build_siamese_bilstm  # noqa: E402
 from models.layers import siamese  # noqa: E402
 
@@ -90,7 +90,15 @@ def main(argv=None):
     x_dev, y_dev = load("dev", max(args.pairs // 4, 64))
 
     teacher = siamese(
-        build_tiny_bert_encoder(vocabulary_size, num_layers=2, hidden_dim=64),
+        build_tiny_bert_student(
+            vocabulary_size=vocabulary_size,
+            num_layers=2,
+            hidden_dim=64,
+            num_heads=2,
+            intermediate_dim=128,
+            max_sequence_length=args.sequence_length,
+            normalize=False,
+        ),
         name="tiny_bert_pair",
     )
     student = build_siamese_bilstm(vocabulary_size, embedding_dim=64, hidden_dim=64)

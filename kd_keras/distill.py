@@ -127,7 +127,8 @@ def load_config(path):
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {e}")
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise DataError(f"{path}: not valid {kind}: {e}") from None
     data = data or {}
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping of settings, got {type(data).__name__}")

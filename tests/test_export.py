@@ -24,7 +24,7 @@ import tensorflow_text  # noqa: F401  (registers the tokenizer ops for tf.saved_
 import kd_keras
 from kd_keras import export, export_cli
 from kd_keras.data import STSB_DIR, read_stsb
-from models.bert import build_tiny_bert_encoder
+from models.tiny_bert import build_tiny_bert_student
 from models.bert_tokenizer import BertPreprocessor, load_vocabulary
 from models.bilstm import build_bilstm_encoder, build_siamese_bilstm
 from models.layers import MaskedMeanPooling
@@ -112,8 +112,9 @@ def pair_export(distiller, workdir):
 @pytest.fixture(scope="module")
 def bert_student(preprocessor):
     keras.utils.set_random_seed(1)
-    return build_tiny_bert_encoder(
-        len(preprocessor.vocabulary),
+    return build_tiny_bert_student(
+        vocabulary_size=len(preprocessor.vocabulary),
+        normalize=False,
         num_layers=1,
         num_heads=2,
         hidden_dim=16,

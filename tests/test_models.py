@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from models.bert import build_tiny_bert_encoder
+from models.tiny_bert import build_tiny_bert_student
 from models.bilstm import build_bilstm_encoder, build_siamese_bilstm
 from models.heads import CosineSimilarity
 from models.layers import MaskedMeanPooling, siamese
@@ -57,7 +57,15 @@ def test_embedding_initializer_from_an_array():
 
 
 def test_tiny_bert_pair_model_saves_and_reloads(tmp_path):
-    encoder = build_tiny_bert_encoder(40, num_layers=2, hidden_dim=16, intermediate_dim=32)
+    encoder = build_tiny_bert_student(
+        vocabulary_size=40,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=16,
+        normalize=False,
+    )
     model = siamese(encoder)
     x = {
         key: {

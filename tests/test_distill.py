@@ -1,0 +1,174 @@
+"""`kd-keras distill` end to end on a tiny random teacher."""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_keras import distill, teacher_pass
+from kd_keras.data import STSB_DIR, SST2_DIR
+from kd_keras.evaluation import pearson, spearman
+
+HEADER = "sentence1,sentence2,score\n"
+
+
+def slice_lines(src, dst, start, count):
+    with open(src, encoding="utf-8") as f:
+        lines = f.readlines()[start : start + count]
+    dst.write_text("".join(lines), encoding="utf-8")
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from models.bert_encoder import BertEncoder
+    from models.bert_tokenizer import BertPreprocessor, load_vocabulary
+    from models.teachers import Teacher, default_model_dir
+
+    root = tmp_path_factory.mktemp("distill")
+    vocabulary = load_vocabulary(default_model_dir() / "vocab.txt")
+    encoder = BertEncoder(
+        vocabulary_size=len(vocabulary),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=128,
+    )
+    teacher = Teacher(encoder, BertPreprocessor(vocabulary, sequence_length=128))
+    teacher_path = root / "tiny_teacher.keras"
+    teacher.save(str(teacher_path))
+    train = os.path.join(STSB_DIR, "sts-train.csv")
+    files = {
+        "teacher": str(teacher_path),
+        "train": slice_lines(train, root / "train.tsv", 0, 240),
+        "dev": slice_lines(os.path.join(STSB_DIR, "sts-dev.csv"), root / "dev.tsv", 0, 60),
+        "test": slice_lines(os.path.join(STSB_DIR, "sts-test.csv"), root / "test.tsv", 0, 80),
+        "unlabeled": slice_lines(
+            os.path.join(SST2_DIR, "sentiment-train"), root / "unlabeled.txt", 0, 60
+        ),
+    }
+    return root, files
+
+
+def tiny_config(files, out, cache, **overrides):
+    settings = dict(
+        files,
+        unlabeled_limit=60,
+        augment=1,
+        repaired_pairs=20,
+        embedding_dim=16,
+        hidden_dim=8,
+        embedding_init="random",  # vocabulary distillation: tests/test_student_init.py
+        epochs=1,
+        batch_size=32,
+        checkpoints_per_epoch=2,
+        throughput_seconds=0.2,
+        output_dir=str(out),
+        cache_dir=str(cache),
+    )
+    settings.update(overrides)
+    return distill.DistillConfig(**settings)
+
+
+def evaluate_export(path, test_file):
+    import tensorflow_text  # noqa: F401
+
+    from kd_keras.data import read_pairs
+
+    a, b, gold = read_pairs(test_file)
+    loaded = tf.saved_model.load(str(path))
+    scores = loaded.signatures["similarity"](sentence_a=tf.constant(a), sentence_b=tf.constant(b))[
+        "score"
+    ].numpy()
+    return 100 * spearman(scores, gold), 100 * pearson(scores, gold)
+
+
+def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setup, monkeypatch):
+    root, files = tiny_setup
+    out, cache = root / "run1", root / "cache"
+    metrics = distill.run(tiny_config(files, out, cache), progress=False)
+
+    for name in (
+        "config.json",
+        "metrics.json",
+        "report.md",
+        "test_scores.json",
+        "training_curves.png",
+        "similarity_scatter.png",
+        "quality_vs_throughput.png",
+        "student/saved_model.pb",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "backup").exists()  # removed once training finished
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["models"] == json.loads(json.dumps(metrics["models"]))
+
+    # The report's numbers are a fresh evaluation of the exported student.
+    student = on_disk["models"]["student"]
+    fresh_spearman, fresh_pearson = evaluate_export(out / "student", files["test"])
+    assert student["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)
+    assert student["pearson"] == pytest.approx(fresh_pearson, abs=1e-6)
+    teacher_spearman, _ = evaluate_export(on_disk["models"]["teacher"]["export"], files["test"])
+    assert on_disk["models"]["teacher"]["spearman"] == pytest.approx(teacher_spearman, abs=1e-6)
+    report = (out / "report.md").read_text()
+    assert f"| student | {fresh_spearman:.2f} | {fresh_pearson:.2f} |" in report
+    assert student["parameters"] < on_disk["models"]["teacher"]["parameters"] * 2
+    assert on_disk["data"]["labeled_pairs"] == 240
+    assert on_disk["data"]["transfer_pairs"] > 240
+    assert all(np.isfinite(on_disk["training"]["history"]["loss"]))
+
+    # A rerun with the same cache never runs the teacher over the data again.
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("the teacher pass should come from the cache")
+
+    monkeypatch.setattr(teacher_pass, "run_teacher", no_teacher_pass)
+    again = distill.run(tiny_config(files, root / "run2", cache), progress=False)
+    assert again["models"]["teacher"]["spearman"] == pytest.approx(
+        on_disk["models"]["teacher"]["spearman"], abs=1e-9
+    )
+    assert again["data"] == on_disk["data"]
+
+
+def run_cli(argv, capsys):
+    parser = argparse.ArgumentParser()
+    distill.add_arguments(parser)
+    code = distill.main(parser.parse_args(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("sentence1,sentence2\na,b\n", r"bad.csv:1: missing column 'score'"),
+        (HEADER + "a,b,4\nc,d,high\n", r"bad.csv:3: score 'high' is not a number"),
+        ("", r"bad.csv: no sentence pairs found"),
+        (HEADER + "a,,3\n", r"bad.csv:2: empty sentence"),
+    ],
+)
+def test_bad_data_files_give_clear_errors(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content, encoding="utf-8")
+    code, err = run_cli(["--train", str(bad), "--output-dir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert str(bad) in err
+    assert __import__("re").search(message, err), err
+
+
+def test_config_file_mirrors_flags_and_flags_win(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("objective: score\nhidden-dim: 32\nalpha: 0.5\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    distill.add_arguments(parser)
+    args = parser.parse_args(["--config", str(config), "--alpha", "0.25", "--epochs", "2"])
+    c = distill.config_from_args(args)
+    assert (c.objective, c.hidden_dim, c.alpha, c.epochs) == ("score", 32, 0.25, 2)
+    json_config = tmp_path / "run.json"
+    json_config.write_text(json.dumps({"student": "tiny_bert", "typo_setting": 1}))
+    with pytest.raises(ValueError, match="unknown setting 'typo_setting'"):
+        distill.load_config(str(json_config))
+    with pytest.raises(ValueError, match="objective"):
+        distill.DistillConfig(objective="cosine").validate()
