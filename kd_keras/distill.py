@@ -11,7 +11,9 @@ runs, with no arguments:
    distillation from the teacher, trained with `kd_keras.Distiller` on the
    cached teacher outputs (`embedding`, `score` or `soft_label` objective,
    mixed with the gold STS-B score through `alpha`);
-3. both models exported as raw-text SavedModels (`kd_keras.export`), and
+3. the student saved as `student.keras` (with its tokenizer in
+   `student.preprocessor.json`), both models exported as raw-text
+   SavedModels (`kd_keras.export`), and
    measured on the same path: STS-B test Spearman and Pearson, parameters,
    size on disk, CPU sentences per second;
 4. `metrics.json`, `report.md` and PNG plots in `runs/<timestamp>/`.
@@ -21,6 +23,7 @@ that run to continue from its last checkpoint. A rerun reuses the teacher
 cache, the vocabulary distillation and the teacher's export.
 """
 
+import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -61,6 +64,7 @@ class DistillConfig:
     student: str = "bilstm"
     embedding_dim: int = 256
     hidden_dim: int = 128
+    embedding_skip: bool = True
     bert_layers: int = 2
     embedding_init: str = "vocab"
     objective: str = "embedding"
@@ -211,6 +215,7 @@ def _build_student(c, teacher, cache_dir):
             output_dim=width,
             embeddings_initializer="uniform" if init is None else init,
             normalize=True,
+            embedding_skip=c.embedding_skip,
         )
     from models.tiny_bert import build_tiny_bert_student
 
@@ -282,7 +287,11 @@ def _datasets(c, transfer, table, preprocessor, encoder, dev, dev_table):
 
 
 class _StepHistory:
-    """Records the training loss every `every` steps, for the curves plot."""
+    """Records the mean training loss of every `every` steps, for the curves plot.
+
+    Keras logs the running mean of the epoch so far; the loss of batch `k` is
+    recovered as `k * mean_k - (k - 1) * mean_(k-1)`.
+    """
 
     def __init__(self, every=10):
         import keras
@@ -290,12 +299,23 @@ class _StepHistory:
         history = self
 
         class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                history.previous_mean = 0.0
+
             def on_train_batch_end(self, batch, logs=None):
+                if not logs or "loss" not in logs:
+                    return
+                mean = float(logs["loss"])
+                history.window.append((batch + 1) * mean - batch * history.previous_mean)
+                history.previous_mean = mean
                 history.step += 1
-                if logs and history.step % every == 0:
-                    history.points.append((history.step, float(logs["loss"])))
+                if len(history.window) == every:
+                    history.points.append((history.step, sum(history.window) / every))
+                    history.window = []
 
         self.step = 0
+        self.previous_mean = 0.0
+        self.window = []
         self.points = []
         self.callback = Callback()
 
@@ -344,7 +364,7 @@ def run(config=None, progress=True):
     import numpy as np
 
     from kd_keras import Distiller
-    from kd_keras.export import directory_size, export_teacher, export_text_model
+    from kd_keras.export import directory_size, export_teacher, export_text_model, save_student
     from kd_keras.pairs import GoldScoreMSE, objective_loss, pair_training_model
     from kd_keras.teacher_pass import cache_teacher_outputs
     from kd_keras.transfer import build_transfer_set
@@ -435,6 +455,7 @@ def run(config=None, progress=True):
     # 4. Exports, measured on the same path.
     t0 = time.perf_counter()
     student_dir = out / "student"
+    save_student(encoder, out / "student.keras", preprocessor)
     export_text_model(
         siamese(encoder, name="student"), preprocessor, student_dir, kind="pair", overwrite=True
     )
@@ -541,6 +562,7 @@ def add_arguments(parser):
         "student": "bilstm or tiny_bert",
         "embedding_dim": "BiLSTM token embedding width",
         "hidden_dim": "BiLSTM units per direction",
+        "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
         "bert_layers": "tiny-BERT layers (taken from the teacher's)",
         "embedding_init": "BiLSTM embeddings: random, teacher (PCA of the teacher's) or vocab",
         "objective": "embedding, score or soft_label",
@@ -560,13 +582,22 @@ def add_arguments(parser):
     }
     for field in dataclasses.fields(DistillConfig):
         default = getattr(defaults, field.name)
-        kind = {int: int, float: float}.get(field.type, str)
+        kind = {int: int, float: float, bool: _boolean}.get(field.type, str)
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             type=kind,
             default=None,
             help=f"{helps[field.name]} (default: {default})",
         )
+
+
+def _boolean(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def config_from_args(args):

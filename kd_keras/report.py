@@ -34,7 +34,7 @@ def _plots(out, metrics, teacher_scores, student_scores):
     steps = metrics["training"]["step_loss"]
     if steps:
         xs, ys = zip(*steps, strict=True)
-        ax.plot(xs, ys, label="training loss (every 10 steps)", lw=1)
+        ax.plot(xs, ys, label="training loss (mean of 10 steps)", lw=1)
     history = metrics["training"]["history"]
     if history.get("val_loss"):
         per_chunk = len(steps) and steps[-1][0] / max(len(history["val_loss"]), 1)

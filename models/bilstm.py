@@ -13,6 +13,7 @@ def build_bilstm_encoder(
     dropout=0.1,
     embeddings_initializer="uniform",
     normalize=False,
+    embedding_skip=False,
     name="bilstm_encoder",
 ):
     """Token ids to a sentence embedding: embedding, BiLSTM, masked mean pooling.
@@ -29,6 +30,11 @@ def build_bilstm_encoder(
             embedding_dim]` array (e.g. projected teacher embeddings).
         normalize: bool. L2-normalize the output (as sentence-embedding
             teachers such as all-MiniLM-L6-v2 do).
+        embedding_skip: bool. Also pool the token embeddings themselves and
+            concatenate them to the pooled BiLSTM states before the
+            projection: a static bag-of-embeddings path (a Model2Vec-style
+            sentence vector when the embeddings come from vocabulary
+            distillation) beside the contextual one, at almost no cost.
         name: str.
 
     Returns:
@@ -50,10 +56,13 @@ def build_bilstm_encoder(
     )
     # === Functional Model ===
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = embedding(token_ids)
-    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    embedded = embedding(token_ids)
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(embedded)
     x = lstm(x)
     x = MaskedMeanPooling(name="pooling")(x)
+    if embedding_skip:
+        bag = MaskedMeanPooling(name="embedding_pooling")(embedded)
+        x = keras.layers.Concatenate(name="skip")([x, bag])
     if output_dim is not None:
         x = keras.layers.Dense(output_dim, name="projection")(x)
     if normalize:

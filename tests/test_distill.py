@@ -101,6 +101,8 @@ def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setu
         "similarity_scatter.png",
         "quality_vs_throughput.png",
         "student/saved_model.pb",
+        "student.keras",
+        "student.preprocessor.json",
     ):
         assert (out / name).is_file(), name
     assert not (out / "backup").exists()  # removed once training finished
