@@ -31,7 +31,6 @@ Keras model and times it.
 import argparse
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -41,35 +40,6 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT / "data" / "stsb" / "sts-test.csv"
-
-
-def read_sentences(path):
-    """Both sentence columns (5 and 6) of a tab-separated STS-B file."""
-    sentences = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 7:
-                raise ValueError(
-                    f"{path}, line {number}: expected at least 7 tab-separated fields."
-                )
-            sentences.extend(fields[5:7])
-    if not sentences:
-        raise ValueError(f"{path}: no sentences.")
-    return sentences
-
-
-def cpu_description():
-    """CPU model name and the number of cores this process may use."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def export_defaults(directory, need_teacher, need_student):
@@ -233,7 +203,11 @@ def main(argv=None):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-    sentences = read_sentences(args.data)
+    from kd_keras.data import read_stsb
+    from kd_keras.report import cpu_description
+
+    first, second, _ = read_stsb(str(args.data))
+    sentences = first + second
     gpus = tf.config.list_physical_devices("GPU")
     print(f"CPU: {cpu_description()}; GPU: {'none' if not gpus else len(gpus)}")
     print(f"TensorFlow {tf.__version__}; load average {os.getloadavg()[0]:.2f} at start")

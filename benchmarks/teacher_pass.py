@@ -36,22 +36,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stsb" / "sts-train.csv"
-
-
-def read_stsb_sentences(path):
-    """Both sentence columns (5 and 6) of an STS-B file, quoting off."""
-    sentences_a, sentences_b = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 7:
-                raise ValueError(
-                    f"{path}, line {number}: expected at least 7 tab-separated fields."
-                )
-            sentences_a.append(fields[5])
-            sentences_b.append(fields[6])
-    return sentences_a + sentences_b
+DEFAULT_DATA = ROOT / "data" / "stsb" / "sts-train.csv"
 
 
 def cpu_peak_flops(flops_per_cycle=None):
@@ -137,9 +122,11 @@ def main(argv=None):
 
     import tensorflow as tf
 
+    from kd_keras.data import read_stsb
     from models.teachers import load_teacher
 
-    sentences = read_stsb_sentences(args.data)
+    first, second, _ = read_stsb(args.data)
+    sentences = first + second
     total = len(sentences)
     if args.limit:
         # An evenly spaced subset, so both columns and all genres are present.

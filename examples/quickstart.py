@@ -28,9 +28,9 @@ import tensorflow as tf  # noqa: E402
 
 import kd_keras  # noqa: E402
 from kd_keras.data import STSB_DIR, read_stsb  # noqa: E402
-from models.tiny_bert import build_tiny_bert_student  # noqa: E402
 from models.bilstm import build_siamese_bilstm  # noqa: E402
 from models.layers import siamese  # noqa: E402
+from models.tiny_bert import build_tiny_bert_student  # noqa: E402
 
 
 def default_vocabulary():

@@ -85,6 +85,15 @@ def _log_softmax(logits, temperature):
     return tf.nn.log_softmax(x, axis=-1)
 
 
+def _log_probs(teacher_logits, student_logits, temperature):
+    """`(log p, log q)`: both models' log-softmax at temperature `T`."""
+    temperature = _check_temperature(temperature)
+    return (
+        _log_softmax(teacher_logits, temperature),
+        _log_softmax(student_logits, temperature),
+    )
+
+
 def _kl_from_log_probs(log_a, log_b):
     """sum_v a * (log a - log b), with 0 where a == 0 (no 0 * inf)."""
     a = tf.exp(log_a)
@@ -133,9 +142,8 @@ def soft_target_mse(teacher_logits, student_logits, temperature=1.0):
     Returns:
         float32 tensor of shape `logits.shape[:-1]`.
     """
-    temperature = _check_temperature(temperature)
-    p = tf.exp(_log_softmax(teacher_logits, temperature))
-    q = tf.exp(_log_softmax(student_logits, temperature))
+    log_p, log_q = _log_probs(teacher_logits, student_logits, temperature)
+    p, q = tf.exp(log_p), tf.exp(log_q)
     return tf.reduce_mean(tf.square(p - q), axis=-1)
 
 
@@ -184,9 +192,7 @@ def forward_kl(teacher_logits, student_logits, temperature=1.0):
     Returns:
         float32 tensor of shape `logits.shape[:-1]`.
     """
-    temperature = _check_temperature(temperature)
-    log_p = _log_softmax(teacher_logits, temperature)
-    log_q = _log_softmax(student_logits, temperature)
+    log_p, log_q = _log_probs(teacher_logits, student_logits, temperature)
     return _kl_from_log_probs(log_p, log_q)
 
 
@@ -209,9 +215,7 @@ def reverse_kl(teacher_logits, student_logits, temperature=1.0):
     Returns:
         float32 tensor of shape `logits.shape[:-1]`.
     """
-    temperature = _check_temperature(temperature)
-    log_p = _log_softmax(teacher_logits, temperature)
-    log_q = _log_softmax(student_logits, temperature)
+    log_p, log_q = _log_probs(teacher_logits, student_logits, temperature)
     return _kl_from_log_probs(log_q, log_p)
 
 
@@ -236,10 +240,8 @@ def skewed_forward_kl(teacher_logits, student_logits, temperature=1.0, skew=0.1)
     Returns:
         float32 tensor of shape `logits.shape[:-1]`.
     """
-    temperature = _check_temperature(temperature)
     skew = _check_skew(skew)
-    log_p = _log_softmax(teacher_logits, temperature)
-    log_q = _log_softmax(student_logits, temperature)
+    log_p, log_q = _log_probs(teacher_logits, student_logits, temperature)
     return _kl_from_log_probs(log_p, _log_mix(log_p, log_q, skew))
 
 
@@ -263,10 +265,8 @@ def skewed_reverse_kl(teacher_logits, student_logits, temperature=1.0, skew=0.1)
     Returns:
         float32 tensor of shape `logits.shape[:-1]`.
     """
-    temperature = _check_temperature(temperature)
     skew = _check_skew(skew)
-    log_p = _log_softmax(teacher_logits, temperature)
-    log_q = _log_softmax(student_logits, temperature)
+    log_p, log_q = _log_probs(teacher_logits, student_logits, temperature)
     return _kl_from_log_probs(log_q, _log_mix(log_q, log_p, skew))
 
 

@@ -3,13 +3,11 @@
 import os
 import platform
 
-__all__ = ["write_report", "machine_description"]
+__all__ = ["write_report", "cpu_description", "machine_description"]
 
 
-def machine_description():
-    """One line naming the CPU, its core count and the TensorFlow version."""
-    import tensorflow as tf
-
+def cpu_description():
+    """The CPU's model name and the number of cores this process may use."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -19,7 +17,14 @@ def machine_description():
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}"
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+
+
+def machine_description():
+    """`cpu_description()` and the TensorFlow version."""
+    import tensorflow as tf
+
+    return f"{cpu_description()}, TensorFlow {tf.__version__}"
 
 
 def _plots(out, metrics, teacher_scores, student_scores):

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from kd_keras import distill, teacher_pass
-from kd_keras.data import STSB_DIR, SST2_DIR
+from kd_keras.data import SST2_DIR, STSB_DIR
 from kd_keras.evaluation import pearson, spearman
 
 HEADER = "sentence1,sentence2,score\n"

@@ -24,11 +24,11 @@ import tensorflow_text  # noqa: F401  (registers the tokenizer ops for tf.saved_
 import kd_keras
 from kd_keras import export, export_cli
 from kd_keras.data import STSB_DIR, read_stsb
-from models.tiny_bert import build_tiny_bert_student
 from models.bert_tokenizer import BertPreprocessor, load_vocabulary
 from models.bilstm import build_bilstm_encoder, build_siamese_bilstm
 from models.layers import MaskedMeanPooling
 from models.teachers import Teacher, default_model_dir
+from models.tiny_bert import build_tiny_bert_student
 
 SEQUENCE_LENGTH = 24
 TOLERANCE = 1e-5

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 
-from models.tiny_bert import build_tiny_bert_student
 from models.bilstm import build_bilstm_encoder, build_siamese_bilstm
 from models.heads import CosineSimilarity
 from models.layers import MaskedMeanPooling, siamese
+from models.tiny_bert import build_tiny_bert_student
 
 
 def test_masked_mean_pooling_matches_numpy():
