@@ -258,6 +258,14 @@ def _load_safetensors(directory):
         raise ValueError(f"{path}: cannot read safetensors ({e}).") from None
 
 
+def _assemble(encoder, directory, tokenizer, sequence_length, pooling, normalize):
+    """A `Teacher` from an encoder and the folder's `vocab.txt`."""
+    preprocessor = BertPreprocessor(
+        load_vocabulary(directory / "vocab.txt"), sequence_length=sequence_length, **tokenizer
+    )
+    return Teacher(encoder, preprocessor, pooling=pooling, normalize=normalize)
+
+
 def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=None):
     """Loads a Hugging Face (or sentence-transformers) BERT folder.
 
@@ -297,12 +305,11 @@ def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=Non
         tokenizer["lowercase"] = True
     max_length = _override(sequence_length, st.get("sequence_length"))
     max_length = _override(max_length, int(config.get("max_position_embeddings", 512)))
-    preprocessor = BertPreprocessor(
-        load_vocabulary(directory / "vocab.txt"), sequence_length=max_length, **tokenizer
-    )
-    return Teacher(
+    return _assemble(
         encoder,
-        preprocessor,
+        directory,
+        tokenizer,
+        max_length,
         pooling=_override(pooling, st.get("pooling", "mean")),
         normalize=_override(normalize, st.get("normalize", False)),
     )
@@ -338,12 +345,11 @@ def load_google_teacher(
         tokenizer["lowercase"] = bool(lowercase)
     max_length = _override(sequence_length, pipeline.get("sequence_length"))
     max_length = _override(max_length, int(config.get("max_position_embeddings", 512)))
-    preprocessor = BertPreprocessor(
-        load_vocabulary(directory / "vocab.txt"), sequence_length=max_length, **tokenizer
-    )
-    return Teacher(
+    return _assemble(
         encoder,
-        preprocessor,
+        directory,
+        tokenizer,
+        max_length,
         pooling=_override(pooling, pipeline.get("pooling", "mean")),
         normalize=_override(normalize, pipeline.get("normalize", False)),
     )
