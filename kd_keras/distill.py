@@ -75,6 +75,7 @@ class DistillConfig:
     epochs: int = 1
     batch_size: int = 64
     learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"
     sequence_length: int = 64
     checkpoints_per_epoch: int = 4
     seed: int = 0
@@ -103,6 +104,7 @@ class DistillConfig:
         choices = {
             "student": ("bilstm", "tiny_bert"),
             "embedding_init": ("random", "teacher", "vocab"),
+            "lr_schedule": ("cosine", "constant"),
             "objective": ("embedding", "score", "soft_label"),
         }
         for name, allowed in choices.items():
@@ -425,15 +427,20 @@ def run(config=None, progress=True):
     distiller = Distiller(
         _CachedTeacher(), train_model, distill_output=distill_output, label_output="score"
     )
+    steps = -(-len(transfer) // c.batch_size)
+    chunk = -(-steps // c.checkpoints_per_epoch)
+    learning_rate = c.learning_rate
+    if c.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            c.learning_rate, decay_steps=c.epochs * c.checkpoints_per_epoch * chunk
+        )
     distiller.compile(
-        optimizer=keras.optimizers.Adam(c.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         student_loss=GoldScoreMSE(c.max_score),
         distillation_loss=loss,
         alpha=c.alpha,
     )
     train_ds, val_ds = _datasets(c, transfer, table, preprocessor, encoder, data["dev"], dev_table)
-    steps = -(-len(transfer) // c.batch_size)
-    chunk = -(-steps // c.checkpoints_per_epoch)
     history = _StepHistory()
     backup = keras.callbacks.BackupAndRestore(str(out / "backup"))
     timings["setup_s"] = time.perf_counter() - t0
@@ -572,7 +579,8 @@ def add_arguments(parser):
         "similarity_scale": "scale of the two-class similarity logits",
         "epochs": "passes over the transfer set",
         "batch_size": "pairs per step",
-        "learning_rate": "Adam learning rate",
+        "learning_rate": "Adam learning rate (the peak, with --lr-schedule cosine)",
+        "lr_schedule": "cosine (decay to 0 over the run) or constant",
         "sequence_length": "student's maximum tokens per sentence",
         "checkpoints_per_epoch": "backups per epoch (what Ctrl-C can lose)",
         "seed": "random seed",
