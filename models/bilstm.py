@@ -1,8 +1,39 @@
 """BiLSTM sentence encoder: the small, fast student of the BERT-to-DSSM recipe."""
 
 import keras
+import numpy as np
 
 from models.layers import MaskedMeanPooling, siamese
+
+
+def token_embedding(vocabulary_size, embedding_dim, embeddings_initializer="uniform"):
+    """The masked token embedding of the BiLSTM students (id 0 = padding).
+
+    Args:
+        vocabulary_size: int.
+        embedding_dim: int.
+        embeddings_initializer: initializer name or object, or a
+            `[vocabulary_size, embedding_dim]` array (e.g. teacher embeddings
+            reduced by PCA, `models.student_init`).
+
+    Returns:
+        `keras.layers.Embedding` named `token_embedding`, `mask_zero=True`.
+    """
+    if hasattr(embeddings_initializer, "shape"):
+        shape = tuple(np.shape(embeddings_initializer))
+        if shape != (vocabulary_size, embedding_dim):
+            raise ValueError(
+                f"`embeddings_initializer` array has shape {shape}; expected "
+                f"({vocabulary_size}, {embedding_dim}) (vocabulary_size, embedding_dim)."
+            )
+        embeddings_initializer = keras.initializers.Constant(np.asarray(embeddings_initializer))
+    return keras.layers.Embedding(
+        vocabulary_size,
+        embedding_dim,
+        mask_zero=True,
+        embeddings_initializer=embeddings_initializer,
+        name="token_embedding",
+    )
 
 
 def build_bilstm_encoder(
@@ -42,15 +73,7 @@ def build_bilstm_encoder(
         `[B, output_dim or 2 * hidden_dim]`.
     """
     # === Layers ===
-    if not isinstance(embeddings_initializer, str) and hasattr(embeddings_initializer, "shape"):
-        embeddings_initializer = keras.initializers.Constant(embeddings_initializer)
-    embedding = keras.layers.Embedding(
-        vocabulary_size,
-        embedding_dim,
-        mask_zero=True,
-        embeddings_initializer=embeddings_initializer,
-        name="token_embedding",
-    )
+    embedding = token_embedding(vocabulary_size, embedding_dim, embeddings_initializer)
     lstm = keras.layers.Bidirectional(
         keras.layers.LSTM(hidden_dim, return_sequences=True), name="bilstm"
     )

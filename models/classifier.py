@@ -1,9 +1,9 @@
 """BiLSTM text classifier: the student of the SST-2 recipe (Tang et al. 2019)."""
 
 import keras
-import numpy as np
 from keras import ops
 
+from models.bilstm import token_embedding
 from models.layers import MaskedMeanPooling
 
 __all__ = ["CLASSIFIER_POOLINGS", "MaskedMaxPooling", "build_bilstm_classifier"]
@@ -90,22 +90,8 @@ def build_bilstm_classifier(
     """
     if pooling not in CLASSIFIER_POOLINGS:
         raise ValueError(f"`pooling` must be one of {CLASSIFIER_POOLINGS}; received {pooling!r}.")
-    if hasattr(embeddings_initializer, "shape"):
-        shape = tuple(np.shape(embeddings_initializer))
-        if shape != (vocabulary_size, embedding_dim):
-            raise ValueError(
-                f"`embeddings_initializer` array has shape {shape}; expected "
-                f"({vocabulary_size}, {embedding_dim}) (vocabulary_size, embedding_dim)."
-            )
-        embeddings_initializer = keras.initializers.Constant(np.asarray(embeddings_initializer))
     # === Layers ===
-    embedding = keras.layers.Embedding(
-        vocabulary_size,
-        embedding_dim,
-        mask_zero=True,
-        embeddings_initializer=embeddings_initializer,
-        name="token_embedding",
-    )
+    embedding = token_embedding(vocabulary_size, embedding_dim, embeddings_initializer)
     lstm = keras.layers.Bidirectional(
         keras.layers.LSTM(hidden_dim, return_sequences=pooling != "last"), name="bilstm"
     )
