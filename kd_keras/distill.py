@@ -322,39 +322,6 @@ class _StepHistory:
         self.callback = Callback()
 
 
-def _evaluate_export(path, pairs, throughput_sentences, seconds):
-    """Pair scores, STS-B correlations and speed of one raw-text SavedModel."""
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
-    from kd_keras.evaluation import pearson, spearman, throughput
-
-    loaded = tf.saved_model.load(str(path))
-    similarity = loaded.signatures["similarity"]
-    embed = loaded.signatures["embed"]
-    a, b, gold = pairs
-    scores = []
-    for i in range(0, len(a), 64):
-        out = similarity(
-            sentence_a=tf.constant(a[i : i + 64]), sentence_b=tf.constant(b[i : i + 64])
-        )
-        scores.append(out["score"].numpy())
-    scores = np.concatenate(scores)
-    speed = throughput(
-        lambda batch: embed(sentences=tf.constant(batch)),
-        throughput_sentences,
-        batch_size=64,
-        min_seconds=seconds,
-    )
-    return {
-        "scores": scores,
-        "spearman": 100 * spearman(scores, gold),
-        "pearson": 100 * pearson(scores, gold),
-        "sentences_per_second": speed["sentences_per_second"],
-    }
-
-
 def run(config=None, progress=True):
     """Runs the whole job; returns the metrics dict also written to `metrics.json`.
 
@@ -366,6 +333,7 @@ def run(config=None, progress=True):
     import numpy as np
 
     from kd_keras import Distiller
+    from kd_keras.evaluation import evaluate_text_export_in_subprocess
     from kd_keras.export import directory_size, export_teacher, export_text_model, save_student
     from kd_keras.pairs import GoldScoreMSE, objective_loss, pair_training_model
     from kd_keras.teacher_pass import cache_teacher_outputs
@@ -476,7 +444,9 @@ def run(config=None, progress=True):
     speed_sentences = list(test[0]) + list(test[1])
     results = {}
     for name, path in (("teacher", teacher_dir), ("student", student_dir)):
-        results[name] = _evaluate_export(path, test, speed_sentences, c.throughput_seconds)
+        results[name] = evaluate_text_export_in_subprocess(
+            path, test[0], test[1], test[2], speed_sentences, c.throughput_seconds
+        )
         _log(
             f"{name}: STS-B test Spearman {results[name]['spearman']:.2f}, "
             f"{results[name]['sentences_per_second']:.1f} sentences/s"
@@ -517,7 +487,7 @@ def run(config=None, progress=True):
         "spearman_kept_pct": 100 * s["spearman"] / t["spearman"],
         "speedup": s["sentences_per_second"] / t["sentences_per_second"],
     }
-    scores = {name: results[name]["scores"].tolist() for name in results}
+    scores = {name: results[name]["scores"] for name in results}
     (out / "test_scores.json").write_text(json.dumps({**scores, "gold": test[2].tolist()}) + "\n")
 
     from kd_keras.report import write_report

@@ -1,10 +1,23 @@
 """Quality and speed measurements for reports: correlations and throughput."""
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
-__all__ = ["rank", "pearson", "spearman", "cosine", "throughput"]
+__all__ = [
+    "rank",
+    "pearson",
+    "spearman",
+    "cosine",
+    "throughput",
+    "evaluate_text_export",
+    "evaluate_text_export_in_subprocess",
+]
 
 
 def rank(x):
@@ -66,3 +79,99 @@ def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batc
         if elapsed >= min_seconds:
             break
     return {"sentences_per_second": count / elapsed, "seconds": elapsed, "sentences": count}
+
+
+def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0):
+    """Pair scores, correlations and CPU speed of a raw-text SavedModel.
+
+    Args:
+        path: folder of an export with `similarity` and `embed` signatures
+            (`kd_keras.export`).
+        sentences_a, sentences_b: lists of str, the evaluation pairs.
+        gold: gold scores of the pairs.
+        speed_sentences: list of str run through `embed`, batch 64, for the
+            throughput.
+        seconds: float. Minimum duration of the throughput measurement.
+
+    Returns:
+        dict: `scores` (list of the pairs' cosine similarities), `spearman`
+        and `pearson` (x100), `sentences_per_second`.
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+    loaded = tf.saved_model.load(str(path))
+    similarity = loaded.signatures["similarity"]
+    embed = loaded.signatures["embed"]
+    scores = []
+    for i in range(0, len(sentences_a), 64):
+        out = similarity(
+            sentence_a=tf.constant(sentences_a[i : i + 64]),
+            sentence_b=tf.constant(sentences_b[i : i + 64]),
+        )
+        scores.append(out["score"].numpy())
+    scores = np.concatenate(scores)
+    speed = throughput(
+        lambda batch: embed(sentences=tf.constant(batch)),
+        speed_sentences,
+        batch_size=64,
+        min_seconds=seconds,
+    )
+    return {
+        "scores": scores.tolist(),
+        "spearman": 100 * spearman(scores, gold),
+        "pearson": 100 * pearson(scores, gold),
+        "sentences_per_second": speed["sentences_per_second"],
+    }
+
+
+def evaluate_text_export_in_subprocess(
+    path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0
+):
+    """`evaluate_text_export` in a fresh Python process.
+
+    So that every model is timed alike, free of whatever the calling process
+    still runs (input pipelines, thread pools of a finished `fit`).
+    """
+    request = {
+        "path": str(path),
+        "sentences_a": list(sentences_a),
+        "sentences_b": list(sentences_b),
+        "gold": np.asarray(gold, dtype=np.float64).tolist(),
+        "speed_sentences": list(speed_sentences),
+        "seconds": float(seconds),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        request_path = os.path.join(tmp, "request.json")
+        result_path = os.path.join(tmp, "result.json")
+        with open(request_path, "w", encoding="utf-8") as f:
+            json.dump(request, f)
+        done = subprocess.run(
+            [sys.executable, "-m", "kd_keras.evaluation", request_path, result_path],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"Evaluating {path} failed:\n{done.stderr[-4000:]}")
+        with open(result_path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def _main(argv):
+    request_path, result_path = argv
+    with open(request_path, encoding="utf-8") as f:
+        request = json.load(f)
+    result = evaluate_text_export(
+        request["path"],
+        request["sentences_a"],
+        request["sentences_b"],
+        np.asarray(request["gold"]),
+        request["speed_sentences"],
+        request["seconds"],
+    )
+    with open(result_path, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
