@@ -72,10 +72,10 @@ class DistillConfig:
     alpha: float = 1.0
     temperature: float = None
     similarity_scale: float = 10.0
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 64
     learning_rate: float = 2e-3
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "constant"
     sequence_length: int = 64
     checkpoints_per_epoch: int = 4
     seed: int = 0
@@ -343,8 +343,8 @@ def run(config=None, progress=True):
 
     c = (config or DistillConfig()).resolved()
     c.validate()
-    out = pathlib.Path(c.output_dir)
-    cache = pathlib.Path(c.cache_dir)
+    out = pathlib.Path(c.output_dir).resolve()
+    cache = pathlib.Path(c.cache_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n")
