@@ -164,6 +164,8 @@ def _log(message):
 
 
 def _load_data(c):
+    import numpy as np
+
     from kd_keras.data import read_pairs, read_sentences
 
     kwargs = dict(
@@ -177,8 +179,6 @@ def _load_data(c):
     unlabeled = []
     if c.unlabeled and c.unlabeled_limit:
         unlabeled = read_sentences(c.unlabeled)
-        import numpy as np
-
         order = np.random.default_rng(c.seed).permutation(len(unlabeled))[: c.unlabeled_limit]
         unlabeled = [unlabeled[i] for i in order]
     return data, unlabeled
@@ -194,8 +194,6 @@ def _student_preprocessor(teacher, sequence_length):
 
 def _build_student(c, teacher, cache_dir):
     """The student's sentence encoder: token inputs to a unit-norm embedding."""
-    import keras
-
     width = int(teacher.output.shape[-1])
     vocabulary_size = len(teacher.preprocessor.vocabulary)
     if c.student == "bilstm":
@@ -206,9 +204,9 @@ def _build_student(c, teacher, cache_dir):
             c.embedding_init,
             teacher,
             c.embedding_dim,
-            cache_path=os.path.join(
-                cache_dir, f"embeddings-{c.embedding_init}-{c.embedding_dim}.npz"
-            ),
+            # Raw per-token teacher outputs, fingerprinted: one file serves
+            # every embedding width.
+            cache_path=os.path.join(cache_dir, "vocabulary-outputs.npz"),
         )
         return build_bilstm_encoder(
             vocabulary_size,
@@ -221,7 +219,6 @@ def _build_student(c, teacher, cache_dir):
         )
     from models.tiny_bert import build_tiny_bert_student
 
-    keras.utils.set_random_seed(c.seed)
     return build_tiny_bert_student(teacher=teacher, num_layers=c.bert_layers, normalize=True)
 
 
