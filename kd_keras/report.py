@@ -89,6 +89,17 @@ def _plots(out, metrics, teacher_scores, student_scores):
     return files
 
 
+def _model2vec_line():
+    import importlib.util
+
+    if importlib.util.find_spec("model2vec") is None:
+        return (
+            "(A Model2Vec baseline distilled from the same teacher, `model2vec[distill]`, is "
+            "not installed here, so it has no row.)"
+        )
+    return "(Model2Vec is installed, but this report does not measure it yet.)"
+
+
 def write_report(out, metrics, teacher_scores, student_scores):
     """Writes `report.md` and its plots into the run folder `out`.
 
@@ -126,7 +137,7 @@ sentences.
 {chr(10).join(rows)}
 
 The student keeps **{s["spearman_kept_pct"]:.1f}%** of the teacher's Spearman at
-**{s["speedup"]:.1f}x** its throughput.
+**{s["speedup"]:.1f}x** its throughput. {_model2vec_line()}
 
 Transfer set: {d["transfer_pairs"]:,} pairs ({d["labeled_pairs"]:,} with gold scores),
 {d["transfer_sentences"]:,} distinct sentences labeled by the teacher.
