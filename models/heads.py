@@ -16,6 +16,7 @@ __all__ = [
     "build_classifier",
     "build_pair_similarity_model",
     "build_sentence_embedder",
+    "pool_encoder_outputs",
 ]
 
 POOLING_MODES = ("mean", "cls", "max")
@@ -157,6 +158,31 @@ def _encode(encoder, inputs, training=None):
     return outputs
 
 
+def pool_encoder_outputs(outputs, padding_mask, pooling="mean", normalize=True):
+    """One vector per sentence from a BERT encoder's output dict (symbolic).
+
+    Args:
+        outputs: dict with `sequence_output` (and `pooled_output` for
+            `pooling="pooled"`).
+        padding_mask: int `[batch, length]`, 1 for real tokens.
+        pooling: `"mean"`, `"cls"`, `"max"` (a `SentenceEmbedding` layer
+            named `pooling`) or `"pooled"` (BERT's pooler output).
+        normalize: bool. L2-normalize (for `"pooled"`, a `UnitNormalization`
+            layer named `normalize`).
+
+    Returns:
+        float `[batch, dim]`.
+    """
+    if pooling == "pooled":
+        pooled = outputs["pooled_output"]
+        if normalize:
+            pooled = keras.layers.UnitNormalization(name="normalize")(pooled)
+        return pooled
+    return SentenceEmbedding(pooling, normalize, name="pooling")(
+        outputs["sequence_output"], padding_mask
+    )
+
+
 def build_sentence_embedder(encoder, pooling="mean", normalize=True, name="sentence_embedder"):
     """A model from BERT inputs to one vector per sentence.
 
@@ -174,14 +200,7 @@ def build_sentence_embedder(encoder, pooling="mean", normalize=True, name="sente
     """
     inputs = bert_inputs()
     outputs = _encode(encoder, inputs)
-    if pooling == "pooled":
-        pooled = outputs["pooled_output"]
-        if normalize:
-            pooled = keras.layers.UnitNormalization(name="normalize")(pooled)
-    else:
-        pooled = SentenceEmbedding(pooling, normalize, name="pooling")(
-            outputs["sequence_output"], inputs["padding_mask"]
-        )
+    pooled = pool_encoder_outputs(outputs, inputs["padding_mask"], pooling, normalize)
     return keras.Model(inputs, pooled, name=name)
 
 

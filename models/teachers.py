@@ -36,7 +36,7 @@ from models.google_bert import (
     read_json,
     save_google_checkpoint,
 )
-from models.heads import SentenceEmbedding, bert_inputs
+from models.heads import bert_inputs, pool_encoder_outputs
 
 __all__ = [
     "DEFAULT_PACKAGE",
@@ -84,14 +84,7 @@ class Teacher(keras.Model):
                     "The encoder must return a dict with `sequence_output` to be pooled; "
                     "pass `pooling=None` for a model that returns embeddings itself."
                 )
-            if pooling == "pooled":
-                embeddings = outputs["pooled_output"]
-                if normalize:
-                    embeddings = keras.layers.UnitNormalization(name="normalize")(embeddings)
-            else:
-                embeddings = SentenceEmbedding(pooling, normalize, name="pooling")(
-                    outputs["sequence_output"], inputs["padding_mask"]
-                )
+            embeddings = pool_encoder_outputs(outputs, inputs["padding_mask"], pooling, normalize)
         kwargs.setdefault("name", "teacher")
         super().__init__(inputs=inputs, outputs=embeddings, **kwargs)
         self.encoder = encoder
