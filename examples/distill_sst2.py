@@ -180,8 +180,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--teacher-train-limit",
         type=int,
-        default=12000,
-        help="SST-2 training phrases (a random sample) the teacher is fine-tuned on.",
+        default=None,
+        help="SST-2 training phrases (a random sample) the teacher is fine-tuned on "
+        "(default: all 67,349).",
     )
     p.add_argument("--teacher-epochs", type=int, default=1)
     p.add_argument("--teacher-batch-size", type=int, default=32)

