@@ -177,11 +177,10 @@ def test_config_file_mirrors_flags_and_flags_win(tmp_path):
 
 
 def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
+    from kd_keras.transfer import TransferSet
     from models.bert_tokenizer import BertPreprocessor, load_vocabulary
     from models.bilstm import build_bilstm_encoder
     from models.teachers import default_model_dir
-
-    from kd_keras.transfer import TransferSet
 
     vocabulary = load_vocabulary(default_model_dir() / "vocab.txt")
     preprocessor = BertPreprocessor(vocabulary, sequence_length=64)
