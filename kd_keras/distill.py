@@ -74,7 +74,7 @@ class DistillConfig:
     alpha: float = 1.0
     temperature: float = None
     similarity_scale: float = 10.0
-    epochs: int = 2
+    epochs: int = 4
     batch_size: int = 64
     learning_rate: float = 2e-3
     lr_schedule: str = "constant"
