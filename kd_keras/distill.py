@@ -338,7 +338,9 @@ def run(config=None, progress=True):
 
     Args:
         config: `DistillConfig` (defaults to all defaults).
-        progress: bool. Progress bars for the teacher pass and training.
+        progress: bool. Report progress: bars for the teacher pass and
+            training on a terminal, plain lines (one per checkpoint chunk)
+            in a log file.
     """
     import keras
     import numpy as np
@@ -354,6 +356,7 @@ def run(config=None, progress=True):
 
     c = (config or DistillConfig()).resolved()
     c.validate()
+    bars = progress and sys.stderr.isatty()  # a log file gets no carriage-return bars
     out = pathlib.Path(c.output_dir).resolve()
     cache = pathlib.Path(c.cache_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -385,7 +388,7 @@ def run(config=None, progress=True):
     t0 = time.perf_counter()
     key = _digest(c.teacher, transfer.sentences)
     table = cache_teacher_outputs(
-        teacher, transfer.sentences, cache / f"teacher-{key}.npz", progress=progress
+        teacher, transfer.sentences, cache / f"teacher-{key}.npz", progress=bars
     )
     dev_a, dev_b, dev_scores = data["dev"]
     dev_sentences = list(dev_a) + list(dev_b)
@@ -393,9 +396,10 @@ def run(config=None, progress=True):
         teacher,
         dev_sentences,
         cache / f"teacher-{_digest(c.teacher, dev_sentences)}.npz",
-        progress=progress,
+        progress=bars,
     )
     timings["teacher_pass_s"] = time.perf_counter() - t0
+    _log(f"teacher pass: {timings['teacher_pass_s']:.0f} s (cached in {cache})")
 
     # 3. Student and training.
     t0 = time.perf_counter()
