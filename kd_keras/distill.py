@@ -68,6 +68,7 @@ class DistillConfig:
     hidden_dim: int = 128
     embedding_skip: bool = True
     bert_layers: int = 2
+    bert_intermediate_dim: int = None
     embedding_init: str = "vocab"
     objective: str = "embedding"
     distillation_loss: str = None
@@ -221,7 +222,12 @@ def _build_student(c, teacher, cache_dir):
         )
     from models.tiny_bert import build_tiny_bert_student
 
-    return build_tiny_bert_student(teacher=teacher, num_layers=c.bert_layers, normalize=True)
+    return build_tiny_bert_student(
+        teacher=teacher,
+        num_layers=c.bert_layers,
+        intermediate_dim=c.bert_intermediate_dim,
+        normalize=True,
+    )
 
 
 def _student_inputs_fn(encoder):
@@ -556,6 +562,8 @@ def add_arguments(parser):
         "hidden_dim": "BiLSTM units per direction",
         "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
         "bert_layers": "tiny-BERT layers (taken from the teacher's)",
+        "bert_intermediate_dim": "tiny-BERT feedforward units per layer (the teacher's strongest; "
+        "default: all)",
         "embedding_init": "BiLSTM embeddings: random, teacher (PCA of the teacher's) or vocab",
         "objective": "embedding, score or soft_label",
         "distillation_loss": "override the objective's loss (a kd_keras.losses name)",

@@ -9,13 +9,21 @@ dict as the teacher, so the teacher's `BertPreprocessor` feeds it.
 When it has the teacher's widths (hidden size, heads, feedforward size) it
 is initialized as DistilBERT was: the token, position and segment embeddings,
 the embedding layer norm and the pooler are copied from the teacher, and
-student layer `i` gets a copy of teacher layer `layer_indices[i]`.
+student layer `i` gets a copy of teacher layer `layer_indices[i]`. A narrower
+feedforward block (same hidden size and heads) is copied pruned: each layer
+keeps the teacher's `intermediate_dim` feedforward units of largest
+`|w_in[:, j]| * |w_out[j, :]|` (the weight norms into and out of unit `j`).
 """
+
+import numpy as np
 
 from models.bert_encoder import BertEncoder
 from models.heads import build_sentence_embedder
 
-__all__ = ["build_tiny_bert_student", "default_layer_indices"]
+__all__ = ["build_tiny_bert_student", "default_layer_indices", "feedforward_units_to_keep"]
+
+_FFN_IN = "feedforward_intermediate_dense"
+_FFN_OUT = "feedforward_output_dense"
 
 
 def default_layer_indices(teacher_layers, num_layers):
@@ -69,6 +77,54 @@ def _assign(target, source, what):
         destination.assign(value)
 
 
+def _ffn_weight(layer, sublayer, kind):
+    for variable in layer.weights:
+        if variable.path.endswith(f"{sublayer}/{kind}"):
+            return variable
+    raise ValueError(f"{layer.name} has no {sublayer}/{kind} weight.")
+
+
+def feedforward_units_to_keep(layer, units):
+    """Indices (increasing) of the `units` feedforward units of `layer` to keep.
+
+    A unit's score is the product of the norms of its input column and its
+    output row, `|w_in[:, j]| * |w_out[j, :]|`: a first-order estimate of how
+    much it can move the layer's output. Ties keep the lower index.
+
+    Args:
+        layer: a BERT transformer layer (KerasHub `TransformerEncoder`).
+        units: int, at most the layer's feedforward width.
+    """
+    w_in = np.asarray(_ffn_weight(layer, _FFN_IN, "kernel").numpy())
+    w_out = np.asarray(_ffn_weight(layer, _FFN_OUT, "kernel").numpy())
+    if not 1 <= units <= w_in.shape[1]:
+        raise ValueError(f"Cannot keep {units} of {w_in.shape[1]} feedforward units.")
+    score = np.linalg.norm(w_in, axis=0) * np.linalg.norm(w_out, axis=1)
+    return np.sort(np.argsort(-score, kind="stable")[:units])
+
+
+def _assign_layer(target, source, what):
+    """Copies a transformer layer, pruning the feedforward block if narrower."""
+    target_units = _ffn_weight(target, _FFN_IN, "bias").shape[0]
+    if target_units == _ffn_weight(source, _FFN_IN, "bias").shape[0]:
+        _assign(target, source, what)
+        return
+    keep = feedforward_units_to_keep(source, target_units)
+    for destination, variable in zip(target.weights, source.weights, strict=True):
+        if destination.path.split("/")[-2:] != variable.path.split("/")[-2:]:
+            raise ValueError(f"Cannot copy {what}: {variable.path} is not {destination.path}.")
+        value = variable.numpy()
+        if destination.path.endswith(f"{_FFN_IN}/kernel"):
+            value = value[:, keep]
+        elif destination.path.endswith(f"{_FFN_IN}/bias"):
+            value = value[keep]
+        elif destination.path.endswith(f"{_FFN_OUT}/kernel"):
+            value = value[keep, :]
+        if tuple(destination.shape) != value.shape:
+            raise ValueError(f"Cannot copy {what}: {destination.path} shapes differ.")
+        destination.assign(value)
+
+
 def _copy_from_teacher(student, teacher, layer_indices):
     """DistilBERT-style initialization of `student` from `teacher` (encoders)."""
     _assign(student.token_embedding, teacher.token_embedding, "the token embeddings")
@@ -79,7 +135,7 @@ def _copy_from_teacher(student, teacher, layer_indices):
     )
     _assign(student.embeddings_layer_norm, teacher.embeddings_layer_norm, "the embedding norm")
     for student_layer, index in zip(student.transformer_layers, layer_indices, strict=True):
-        _assign(student_layer, teacher.transformer_layers[index], f"teacher layer {index}")
+        _assign_layer(student_layer, teacher.transformer_layers[index], f"teacher layer {index}")
     _assign(student.pooled_dense, teacher.pooled_dense, "the pooler")
 
 
@@ -104,7 +160,9 @@ def build_tiny_bert_student(
     the student shares (the defaults), the student copies the teacher's
     embeddings, embedding layer norm, pooler and the layers `layer_indices`
     (DistilBERT's recipe); position embeddings are truncated to
-    `max_sequence_length`. With other widths the weights are random
+    `max_sequence_length`; a narrower feedforward block keeps the teacher's
+    strongest units. With other widths (a different hidden size or number of
+    heads, a wider feedforward block) the weights are random
     (`layer_indices` is then an error). The activation and layer-norm
     epsilon are always the teacher's (exact GELU and 1e-12 without one).
 
@@ -117,7 +175,10 @@ def build_tiny_bert_student(
         num_heads: int. Default: the teacher's when `hidden_dim` is the
             teacher's, else `max(1, hidden_dim // 64)`.
         intermediate_dim: int. Default: the teacher's when `hidden_dim` is
-            the teacher's, else `4 * hidden_dim`.
+            the teacher's, else `4 * hidden_dim`. Narrower than the
+            teacher's (same hidden size and heads): copied layers keep the
+            teacher's strongest feedforward units
+            (`feedforward_units_to_keep`).
         layer_indices: list of int, the teacher layer copied into each
             student layer (in order); default `default_layer_indices`.
         vocabulary_size: int. Default: the teacher's (required without one).
@@ -162,14 +223,9 @@ def build_tiny_bert_student(
     copy = (
         source is not None
         and copy_weights
-        and (
-            (hidden_dim, int(num_heads), int(intermediate_dim))
-            == (
-                source_config["hidden_dim"],
-                source_config["num_heads"],
-                source_config["intermediate_dim"],
-            )
-        )
+        and hidden_dim == source_config["hidden_dim"]
+        and int(num_heads) == source_config["num_heads"]
+        and int(intermediate_dim) <= source_config["intermediate_dim"]
     )
     if layer_indices is not None:
         if source is None:
@@ -182,7 +238,7 @@ def build_tiny_bert_student(
             raise ValueError(
                 "`layer_indices` copies teacher layers, which needs the teacher's widths: "
                 f"hidden_dim={source_config['hidden_dim']}, num_heads="
-                f"{source_config['num_heads']}, intermediate_dim="
+                f"{source_config['num_heads']}, intermediate_dim at most "
                 f"{source_config['intermediate_dim']}; received {hidden_dim}, {num_heads}, "
                 f"{intermediate_dim}."
             )

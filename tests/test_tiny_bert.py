@@ -183,3 +183,43 @@ def test_keras_round_trip(teacher, inputs, tmp_path):
     encoder = encoder_of(reloaded)
     assert isinstance(encoder, BertEncoder) and encoder.hidden_activation == "gelu"
     np.testing.assert_allclose(reloaded(inputs).numpy(), student(inputs).numpy(), atol=1e-6)
+
+
+def test_narrower_feedforward_keeps_the_teachers_strongest_units(teacher, inputs):
+    from models.tiny_bert import feedforward_units_to_keep
+
+    source = teacher.encoder
+    student = build_tiny_bert_student(teacher, intermediate_dim=20, layer_indices=[0, 3])
+    pruned = encoder_of(student)
+    assert pruned.intermediate_dim == 20
+    assert student(inputs).shape == (len(SENTENCES), CONFIG["hidden_dim"])
+    for layer, index in zip(pruned.transformer_layers, [0, 3], strict=True):
+        weights = {v.path.split("/", 1)[1]: v.numpy() for v in layer.weights}
+        reference = {
+            v.path.split("/", 1)[1]: v.numpy() for v in source.transformer_layers[index].weights
+        }
+        w_in = reference["feedforward_intermediate_dense/kernel"]
+        w_out = reference["feedforward_output_dense/kernel"]
+        score = np.linalg.norm(w_in, axis=0) * np.linalg.norm(w_out, axis=1)
+        keep = np.sort(np.argsort(-score)[:20])
+        np.testing.assert_array_equal(
+            feedforward_units_to_keep(source.transformer_layers[index], 20), keep
+        )
+        for name, value in reference.items():
+            if name == "feedforward_intermediate_dense/kernel":
+                value = value[:, keep]
+            elif name == "feedforward_intermediate_dense/bias":
+                value = value[keep]
+            elif name == "feedforward_output_dense/kernel":
+                value = value[keep]
+            np.testing.assert_array_equal(weights[name], value, err_msg=name)
+    np.testing.assert_array_equal(
+        pruned.token_embedding.embeddings.numpy(), source.token_embedding.embeddings.numpy()
+    )
+    # Keeping every unit is the plain copy.
+    full = encoder_of(build_tiny_bert_student(teacher, intermediate_dim=32, layer_indices=[0, 3]))
+    assert_same_weights(
+        weights_of(full.transformer_layers[1]), weights_of(source.transformer_layers[3])
+    )
+    with pytest.raises(ValueError, match="Cannot keep 0"):
+        feedforward_units_to_keep(source.transformer_layers[0], 0)
