@@ -65,6 +65,7 @@ import tensorflow as tf  # noqa: E402
 
 from kd_keras import Distiller  # noqa: E402
 from kd_keras import losses as kd_losses  # noqa: E402
+from kd_keras.export import write_text_atomic  # noqa: E402
 from models import causal_lm  # noqa: E402
 
 __all__ = ["OBJECTIVES", "build_shipped_data", "main", "parse_args"]
@@ -463,9 +464,9 @@ def main(argv=None):
         },
         "students": students,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     report = _report(metrics)
-    (run_dir / "report.md").write_text(report)
+    write_text_atomic(run_dir / "report.md", report)
     print(report)
     return metrics
 

@@ -61,7 +61,7 @@ from kd_keras import Distiller  # noqa: E402
 from kd_keras import losses as kd_losses  # noqa: E402
 from kd_keras.data import SST2_DIR, DataError, read_lines  # noqa: E402
 from kd_keras.evaluation import throughput  # noqa: E402
-from kd_keras.export import export_student  # noqa: E402
+from kd_keras.export import export_student, write_text_atomic  # noqa: E402
 from kd_keras.teacher_pass import cache_teacher_outputs  # noqa: E402
 from kd_keras.transfer import augment_sentences  # noqa: E402
 from models.classifier import build_bilstm_classifier  # noqa: E402
@@ -522,9 +522,9 @@ def main(argv=None):
             "gain_met": gain >= TARGET_GAIN,
         },
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     report = _report(metrics)
-    (run_dir / "report.md").write_text(report)
+    write_text_atomic(run_dir / "report.md", report)
     print(report)
     return metrics
 

@@ -353,7 +353,13 @@ def run(config=None, progress=True):
 
     from kd_keras import Distiller
     from kd_keras.evaluation import evaluate_text_export_in_subprocess
-    from kd_keras.export import directory_size, export_teacher, export_text_model, save_student
+    from kd_keras.export import (
+        directory_size,
+        export_teacher,
+        export_text_model,
+        save_student,
+        write_text_atomic,
+    )
     from kd_keras.pairs import GoldScoreMSE, objective_loss, pair_training_model
     from kd_keras.teacher_pass import cache_teacher_outputs
     from kd_keras.transfer import build_transfer_set
@@ -514,19 +520,13 @@ def run(config=None, progress=True):
     from kd_keras.report import write_report
 
     write_report(out, metrics, np.asarray(scores["teacher"]), np.asarray(scores["student"]))
-    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _log(
         f"done in {timings['total_s'] / 60:.1f} min: student keeps "
         f"{metrics['summary']['spearman_kept_pct']:.1f}% of the teacher's Spearman at "
         f"{metrics['summary']['speedup']:.1f}x its throughput; report: {out / 'report.md'}"
     )
     return metrics
-
-
-def _atomic_write(path, text):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _CachedTeacher:

@@ -87,6 +87,7 @@ __all__ = [
     "preprocessor_sidecar_path",
     "save_preprocessor",
     "save_student",
+    "write_text_atomic",
 ]
 
 EXPORT_FORMAT = "kd_keras.text_export.v1"
@@ -759,9 +760,23 @@ def save_preprocessor(preprocessor, path):
         "format": PREPROCESSOR_FORMAT,
         "preprocessor": keras.saving.serialize_keras_object(preprocessor),
     }
+    write_text_atomic(path, json.dumps(document, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_text_atomic(path, text):
+    """Writes `text` (UTF-8) to `path` through a temporary file and a rename.
+
+    A reader sees the old file or the whole new one, never a partial write;
+    the temporary file is removed if the write fails.
+
+    Returns:
+        The path, as a `pathlib.Path`.
+    """
+    path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(json.dumps(document, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
