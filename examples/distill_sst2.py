@@ -10,15 +10,22 @@ Steps, each cached under `run_dir/cache/` so that a rerun skips what is done:
    made by masking and n-gram sampling (`kd_keras.transfer.augment_sentences`,
    no label); the teacher's logits on all of them are cached
    (`kd_keras.teacher_pass.cache_teacher_outputs`).
-3. Students: two identical BiLSTM classifiers (`models.classifier`), token
-   embeddings initialized from the teacher's by PCA
-   (`models.student_init.teacher_token_embeddings`), same initial weights,
-   same epochs, same optimizer:
-   - the labels-only student: cross-entropy on the gold phrases;
+3. Students: two BiLSTM classifiers (`models.classifier`) of the same shape,
+   same initial weights apart from the token embeddings, same epochs, same
+   optimizer:
+   - the labels-only student: cross-entropy on the gold phrases; its token
+     embeddings by vocabulary distillation (each token alone through the
+     encoder, PCA: `models.student_init.vocabulary_distillation_embeddings`)
+     from the encoder *before* fine-tuning, so that it learns nothing from the
+     fine-tuned teacher;
    - the distilled student: `alpha * LogitMSE(teacher, student) + (1 - alpha) *
      cross-entropy` over the transfer set (`--objective forward_kl` for the
      temperature KL instead), the cross-entropy only on gold rows (label -100
-     elsewhere).
+     elsewhere); its token embeddings by vocabulary distillation through the
+     fine-tuned teacher (`fine_tuned_encoder`), which already carry the
+     teacher's sentiment ("pathetic", "dull" at one end, "delightful",
+     "refreshing" at the other).
+   `--embedding-init pca` takes the encoders' input embeddings instead.
    Both take the teacher's WordPiece ids, so all three models share one
    tokenizer.
 4. Export and evaluation: each model is exported as a raw-text SavedModel
@@ -404,6 +411,13 @@ def _report(metrics):
         ("baseline", "BiLSTM, labels only"),
         ("distilled", f"BiLSTM, distilled ({metrics['settings']['objective']})"),
     ]
+    init = metrics["settings"]["embedding_init"]
+    embeddings = (
+        " (random token embeddings)"
+        if init == "random"
+        else f" apart from the token embeddings ({init}: the labels-only student's from the "
+        "encoder before fine-tuning, the distilled student's from the fine-tuned teacher)"
+    )
     lines = [
         "# SST-2 distillation",
         "",
@@ -411,8 +425,7 @@ def _report(metrics):
         f"{metrics['transfer_set']['augmented']} augmented sentences. Teacher fine-tuned on "
         f"{metrics['teacher']['train_examples']} phrases "
         f"({metrics['teacher']['train_seconds']:.0f} s). Students: "
-        f"{metrics['settings']['epochs']} epochs each, same initial weights "
-        f"(embeddings: {metrics['settings']['embedding_init']}).",
+        f"{metrics['settings']['epochs']} epochs each, same initial weights{embeddings}.",
         "",
         "Accuracy and throughput measured through the exported SavedModels "
         "(`classify` signature, CPU, batch 64).",
