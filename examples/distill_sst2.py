@@ -35,8 +35,10 @@ Steps, each cached under `run_dir/cache/` so that a rerun skips what is done:
 
 The run directory gets `teacher_export/`, `baseline_export/`,
 `student_export/` (the distilled student), `metrics.json` and `report.md`.
-The full run (53 minutes measured on 2 CPU cores while other jobs ran; the
-teacher fine-tune, 18 of them, and its pass over the transfer set dominate):
+A cold run spends most of its time on the teacher fine-tune and the
+teacher's pass over the 168,967 transfer sentences, both cached; a rerun
+that reuses them took 15.6 minutes on 2 CPU cores (SST-2 dev: teacher 89.56,
+labels-only BiLSTM 84.63, distilled BiLSTM 88.30):
 
     .venv/bin/python examples/distill_sst2.py --run-dir runs/sst2
 
@@ -208,7 +210,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--augment-per-sentence",
         type=int,
-        default=1,
+        default=3,
         help="Synthetic transfer sentences drawn per training phrase (Tang et al.).",
     )
     p.add_argument(
