@@ -385,7 +385,8 @@ def _report(metrics):
         lines[-1] += f"(perplexity {distilled[best]['perplexity']:.3f}"
         if baseline is not None:
             gain = baseline - distilled[best]["perplexity"]
-            lines[-1] += f", {gain:+.3f} below the student alone at {baseline:.3f}"
+            side = "below" if gain >= 0 else "above"
+            lines[-1] += f", {abs(gain):.3f} {side} the student alone at {baseline:.3f}"
         lines[-1] += ")."
     return "\n".join(lines) + "\n"
 
