@@ -298,23 +298,27 @@ def _teacher_classifier(args, teacher, train_sentences, train_labels, cache_dir)
     return model, {**info, "reused": False}
 
 
+# `--embedding-init` names -> `models.student_init.student_embeddings` names.
+_EMBEDDING_INITS = {"vocab": "vocab", "pca": "teacher", "random": "random"}
+
+
 def _embeddings(args, encoder_teacher, cache_path):
     """Initial student token embeddings from `encoder_teacher` (`--embedding-init`).
 
-    `"vocab"`: vocabulary distillation (Model2Vec): every token alone through
-    the encoder, mean-pooled, PCA-reduced; the raw outputs are cached at
-    `cache_path`. `"pca"`: the encoder's input token embeddings, PCA-reduced.
-    `"random"`: Keras' default initializer.
+    `"vocab"`: vocabulary distillation (Model2Vec), the raw per-token outputs
+    cached at `cache_path`; `"pca"`: the encoder's input token embeddings,
+    PCA-reduced; `"random"`: Keras' default initializer.
     """
-    from models.student_init import teacher_token_embeddings, vocabulary_distillation_embeddings
+    from models.student_init import student_embeddings
 
-    if args.embedding_init == "random":
-        return "uniform"
-    if args.embedding_init == "pca":
-        return teacher_token_embeddings(encoder_teacher, args.embedding_dim)
-    return vocabulary_distillation_embeddings(
-        encoder_teacher, args.embedding_dim, cache_path=cache_path, progress=args.verbose == 1
+    init = student_embeddings(
+        _EMBEDDING_INITS[args.embedding_init],
+        encoder_teacher,
+        args.embedding_dim,
+        cache_path=cache_path,
+        progress=args.verbose == 1,
     )
+    return "uniform" if init is None else init
 
 
 def fine_tuned_encoder(classifier, preprocessor):

