@@ -37,16 +37,12 @@ import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT / "data" / "stsb" / "sts-test.csv"
-
 
 def export_defaults(directory, need_teacher, need_student):
     """Writes the default teacher and/or student exports under `directory`."""
-    from kd_keras.export import export_student, export_teacher
-    from models.bilstm import build_bilstm_encoder
-    from models.teachers import load_teacher
+    from kd_keras.models.bilstm import build_bilstm_encoder
+    from kd_keras.models.teachers import load_teacher
+    from kd_keras.serving import export_student, export_teacher
 
     teacher = load_teacher("default")
     paths = {}
@@ -149,7 +145,7 @@ def benchmark(path, sentences, args):
     """Latency and throughput figures of one export."""
     import tensorflow as tf
 
-    from kd_keras.export import directory_size
+    from kd_keras.storage import directory_size
 
     model = tf.saved_model.load(str(path))
     fn = model.signatures["embed"]
@@ -174,7 +170,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher-export", type=pathlib.Path, help="teacher SavedModel folder")
     parser.add_argument("--student-export", type=pathlib.Path, help="student SavedModel folder")
-    parser.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--data", default=None, help="STS-B sts-test.csv (default: the data folder's)"
+    )
     parser.add_argument("--latency-calls", type=int, default=300, help="batch-1 calls per model")
     parser.add_argument(
         "--throughput-batches", type=int, default=20, help="batches per model for throughput"
@@ -203,10 +201,10 @@ def main(argv=None):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-    from kd_keras.data import read_stsb
-    from kd_keras.report import cpu_description
+    from kd_keras.data import data_path, read_stsb
+    from kd_keras.evaluation import cpu_description
 
-    first, second, _ = read_stsb(str(args.data))
+    first, second, _ = read_stsb(args.data or data_path("stsb", "sts-test.csv"))
     sentences = first + second
     gpus = tf.config.list_physical_devices("GPU")
     print(f"CPU: {cpu_description()}; GPU: {'none' if not gpus else len(gpus)}")

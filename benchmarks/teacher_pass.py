@@ -28,15 +28,10 @@ norms, softmax and GELU are left out (< 2%).
 
 import argparse
 import os
-import pathlib
 import sys
 import time
 
 import numpy as np
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT / "data" / "stsb" / "sts-train.csv"
 
 
 def cpu_peak_flops(flops_per_cycle=None):
@@ -77,7 +72,8 @@ def batch_flops(rows, width, config):
 
 def run_setting(teacher, sentences, ids, name, batch_size, bucketing, pad_to, jit_compile, config):
     """Times one teacher pass; returns the table row."""
-    from kd_keras.teacher_pass import length_batches, run_teacher
+    from kd_keras.batching import length_batches
+    from kd_keras.teacher_pass import run_teacher
 
     preprocessor = teacher.preprocessor
     max_length = pad_to or preprocessor.sequence_length
@@ -111,7 +107,9 @@ def run_setting(teacher, sentences, ids, name, batch_size, bucketing, pad_to, ji
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="STS-B sts-train.csv")
+    parser.add_argument(
+        "--data", default=None, help="STS-B sts-train.csv (default: the data folder's)"
+    )
     parser.add_argument(
         "--limit", type=int, default=3000, help="sentences to run (0: all); default 3000"
     )
@@ -122,10 +120,10 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from kd_keras.data import read_stsb
-    from models.teachers import load_teacher
+    from kd_keras.data import data_path, read_stsb
+    from kd_keras.models.teachers import load_teacher
 
-    first, second, _ = read_stsb(args.data)
+    first, second, _ = read_stsb(args.data or data_path("stsb", "sts-train.csv"))
     sentences = first + second
     total = len(sentences)
     if args.limit:

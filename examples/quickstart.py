@@ -27,10 +27,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kd_keras  # noqa: E402
-from kd_keras.data import STSB_DIR, read_stsb  # noqa: E402
-from models.bilstm import build_siamese_bilstm  # noqa: E402
-from models.layers import siamese  # noqa: E402
-from models.tiny_bert import build_tiny_bert_student  # noqa: E402
+from kd_keras.data import data_path, read_stsb  # noqa: E402
+from kd_keras.models.bilstm import build_siamese_bilstm  # noqa: E402
+from kd_keras.models.heads import build_pair_model  # noqa: E402
+from kd_keras.models.tiny_bert import build_tiny_bert_student  # noqa: E402
 
 
 def default_vocabulary():
@@ -77,7 +77,7 @@ def main(argv=None):
     vocabulary_size = tokenizer.vocabulary_size()
 
     def load(split, limit):
-        a, b, scores = read_stsb(os.path.join(STSB_DIR, f"sts-{split}.csv"), limit=limit)
+        a, b, scores = read_stsb(data_path("stsb", f"sts-{split}.csv"), limit=limit)
         bert_a, ids_a = encode(tokenizer, a, args.sequence_length)
         bert_b, ids_b = encode(tokenizer, b, args.sequence_length)
         x = {
@@ -89,7 +89,7 @@ def main(argv=None):
     x_train, y_train = load("train", args.pairs)
     x_dev, y_dev = load("dev", max(args.pairs // 4, 64))
 
-    teacher = siamese(
+    teacher = build_pair_model(
         build_tiny_bert_student(
             vocabulary_size=vocabulary_size,
             num_layers=2,

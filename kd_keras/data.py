@@ -1,27 +1,41 @@
-"""Readers for the sentence-pair data kd-keras trains on."""
+"""The data kd-keras trains on: where it lives, and readers that name bad input.
+
+`data_dir()` finds the data folder the same way from a checkout and from an
+installed wheel: an explicit folder (`--data-dir`), else the environment
+variable `KD_KERAS_DATA`, else the checkout's own `data/` when kd-keras runs
+from a checkout; with none of them, a `DataError` names both ways to give it.
+`data_path("stsb", "sts-train.csv")` is a file in it.
+
+Readers: `read_lines` (UTF-8, byte-order mark skipped, a line at a time),
+`read_stsb`, `read_pairs` (STS-B, CSV, TSV, JSON lines), `read_sentences` (one
+per line) and `read_sst2` (`sentence<TAB>label`). A bad file stops with a
+`DataError` naming the file and the line.
+"""
 
 import csv
 import io
 import json
 import os
+import pathlib
 
 import numpy as np
 
 __all__ = [
+    "DATA_ENV",
     "DataError",
+    "data_dir",
+    "data_path",
     "read_lines",
-    "read_stsb",
     "read_pairs",
     "read_sentences",
-    "STSB_DIR",
-    "SST2_DIR",
+    "read_sst2",
+    "read_stsb",
 ]
 
-# The STS Benchmark shipped with the project (see data/stsb/LICENSE.txt).
-_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-STSB_DIR = os.path.join(_DATA, "stsb")
-# SST-2 (SentEval copy) shipped with the project, for unlabeled transfer sentences.
-SST2_DIR = os.path.join(_DATA, "sst2")
+DATA_ENV = "KD_KERAS_DATA"
+# The checkout this module runs from, if it runs from one (a wheel has no
+# pyproject.toml beside its package).
+_CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class DataError(ValueError):
@@ -29,21 +43,61 @@ class DataError(ValueError):
     file and, where it applies, the line."""
 
 
-def read_lines(path):
-    """Yields `(line_number, text)` for each line of a UTF-8 file, newline removed.
+def data_dir(override=None):
+    """The data folder: `override`, else `$KD_KERAS_DATA`, else the checkout's `data/`.
+
+    Args:
+        override: str, path or `None` (`--data-dir`).
+
+    Returns:
+        `pathlib.Path` of an existing folder.
 
     Raises:
-        DataError: the file is missing, or a line is not valid UTF-8.
+        DataError: the folder given does not exist, or none was given and
+            kd-keras does not run from a checkout.
     """
+    for given, source in ((override, "--data-dir"), (os.environ.get(DATA_ENV), DATA_ENV)):
+        if given:
+            path = pathlib.Path(given).expanduser()
+            if not path.is_dir():
+                raise DataError(f"{path}: no such data folder (given by {source})")
+            return path
+    checkout_data = _CHECKOUT / "data"
+    if (_CHECKOUT / "pyproject.toml").is_file() and checkout_data.is_dir():
+        return checkout_data
+    raise DataError(
+        "No data folder: pass --data-dir DIR or set the environment variable "
+        f"{DATA_ENV}=DIR (a folder with stsb/ and sst2/, as the repository's data/)."
+    )
+
+
+def data_path(*parts, override=None):
+    """A path inside the data folder (`data_dir(override) / parts...`), as a `str`."""
+    return str(data_dir(override).joinpath(*parts))
+
+
+def read_lines(path):
+    """Yields `(line_number, text)` for each line of a UTF-8 file, line end removed.
+
+    A UTF-8 byte-order mark at the start of the file is skipped.
+
+    Raises:
+        DataError: the file is missing or a folder, or a line is not valid UTF-8.
+    """
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a file")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(
-                    f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})"
+                    f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}: {e.reason})"
                 ) from None
             yield number, text.rstrip("\r\n")
 
@@ -56,7 +110,7 @@ def read_stsb(path, limit=None):
     columns after them.
 
     Args:
-        path: str. E.g. `os.path.join(STSB_DIR, "sts-train.csv")`.
+        path: str. E.g. `data_path("stsb", "sts-train.csv")`.
         limit: int or `None`. Read only the first `limit` pairs.
 
     Returns:
@@ -196,16 +250,19 @@ def read_pairs(
     return sentences_a, sentences_b, np.asarray(scores, dtype="float32")
 
 
-def read_sentences(path, column=0, limit=None):
+def read_sentences(path, column=0, limit=None, keep_blank=False):
     """Reads one sentence per line (the `column`-th tab-separated field).
 
-    Suits plain text files and the SST-2 `sentence<TAB>label` files. Blank
-    lines are skipped.
+    Suits plain text files and the SST-2 `sentence<TAB>label` files.
 
     Args:
         path: str.
-        column: int. Which tab-separated field holds the sentence.
+        column: int or `None`. Which tab-separated field holds the sentence;
+            `None` takes the whole line as it is (tabs and spaces kept).
         limit: int or `None`.
+        keep_blank: bool. Keep blank lines as empty sentences, so that
+            sentence `i` is line `i + 1` (`kd-keras embed`); by default they
+            are skipped.
 
     Returns:
         list of str.
@@ -217,12 +274,38 @@ def read_sentences(path, column=0, limit=None):
     for number, line in read_lines(path):
         if limit is not None and len(sentences) >= limit:
             break
-        fields = line.split("\t")
-        if len(fields) <= column:
-            raise DataError(f"{path}:{number}: expected at least {column + 1} tab-separated fields")
-        text = fields[column].strip()
-        if text:
+        if column is None:
+            text = line
+        else:
+            fields = line.split("\t")
+            if len(fields) <= column:
+                if not line.strip() and keep_blank:
+                    fields = [""] * (column + 1)
+                else:
+                    raise DataError(
+                        f"{path}:{number}: expected at least {column + 1} tab-separated fields"
+                    )
+            text = fields[column].strip()
+        if text.strip() or keep_blank:
             sentences.append(text)
     if not sentences:
         raise DataError(f"{path}: no sentences found")
     return sentences
+
+
+def read_sst2(path, limit=None):
+    """Reads an SST-2 file of `sentence<TAB>label` lines: `(sentences, int32 labels)`."""
+    sentences, labels = [], []
+    for number, line in read_lines(path):
+        if limit is not None and len(labels) >= limit:
+            break
+        if not line.strip():
+            continue
+        text, _, label = line.rpartition("\t")
+        if label.strip() not in ("0", "1") or not text.strip():
+            raise DataError(f"{path}:{number}: expected 'sentence<TAB>0|1'")
+        sentences.append(text.strip())
+        labels.append(int(label))
+    if not labels:
+        raise DataError(f"{path}: no examples found")
+    return sentences, np.asarray(labels, np.int32)

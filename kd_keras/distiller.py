@@ -78,7 +78,9 @@ class Distiller(keras.Model):
       teacher entries.
 
     Args:
-        teacher: `keras.Model` (or any callable) producing the soft targets.
+        teacher: `keras.Model` (or any callable) producing the soft targets,
+            or `None` when every batch carries cached teacher outputs (a
+            batch without them is then an error).
         student: `keras.Model` to train.
         teacher_outputs_key: str. Key of cached teacher outputs in `x`.
         distill_output: `None`, str or int. Which entry of the student's (and
@@ -118,8 +120,11 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         if teacher is student:
             raise ValueError("`teacher` and `student` must be different models.")
-        if not callable(teacher) or not callable(student):
-            raise TypeError("`teacher` and `student` must be Keras models or callables.")
+        if not callable(student) or not (teacher is None or callable(teacher)):
+            raise TypeError(
+                "`teacher` and `student` must be Keras models or callables (`teacher=None` "
+                "when the teacher's outputs come cached with every batch)."
+            )
         # === Layers ===
         self.teacher = teacher
         self.student = student
@@ -199,16 +204,9 @@ class Distiller(keras.Model):
     def _distillation_loss(loss, temperature):
         if loss is None:
             raise ValueError("`distillation_loss` is required.")
-        if isinstance(loss, str):
-            if temperature is not None and loss == "logit_mse":
-                raise ValueError("`logit_mse` has no temperature; leave `temperature=None`.")
-            kwargs = {} if temperature is None else {"temperature": temperature}
-            return kd_losses.get(loss, **kwargs)
-        if temperature is None:
-            return _as_loss(loss)
-        if not hasattr(loss, "temperature") or isinstance(loss, kd_losses.LogitMSE):
-            raise ValueError(f"{type(loss).__name__} has no temperature; leave `temperature=None`.")
-        return type(loss).from_config({**loss.get_config(), "temperature": temperature})
+        if isinstance(loss, str) or temperature is not None:
+            return kd_losses.get(loss, temperature=temperature)
+        return _as_loss(loss)
 
     def get_compile_config(self):
         if not self.compiled:
@@ -244,6 +242,11 @@ class Distiller(keras.Model):
     def teacher_outputs(self, x):
         """The teacher's outputs for a batch: cached ones if `x` carries them."""
         teacher_x, _, cached = self.split_inputs(x)
+        if cached is None and self.teacher is None:
+            raise ValueError(
+                "This Distiller has no teacher (`teacher=None`): every batch must carry the "
+                f"teacher's outputs under {self.teacher_outputs_key!r}."
+            )
         outputs = cached if cached is not None else self.teacher(teacher_x, training=False)
         return tf.nest.map_structure(
             lambda t: (

@@ -1,7 +1,8 @@
-"""Quality and speed measurements for reports: correlations and throughput."""
+"""Quality and speed measurements for reports: correlations, throughput, the machine."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -10,14 +11,36 @@ import time
 import numpy as np
 
 __all__ = [
-    "rank",
-    "pearson",
-    "spearman",
-    "cosine",
-    "throughput",
+    "cpu_description",
     "evaluate_text_export",
     "evaluate_text_export_in_subprocess",
+    "machine_description",
+    "pearson",
+    "rank",
+    "spearman",
+    "throughput",
 ]
+
+
+def cpu_description():
+    """The CPU's model name and the number of cores this process may use."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+
+
+def machine_description():
+    """`cpu_description()` and the TensorFlow version."""
+    import tensorflow as tf
+
+    return f"{cpu_description()}, TensorFlow {tf.__version__}"
 
 
 def rank(x):
@@ -46,14 +69,6 @@ def pearson(a, b):
 def spearman(a, b):
     """Spearman rank correlation (Pearson of the tie-averaged ranks)."""
     return pearson(rank(a), rank(b))
-
-
-def cosine(a, b):
-    """Row-wise cosine similarity of two `[N, D]` arrays (0 for a zero row)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)
 
 
 def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batches=None):
@@ -86,7 +101,7 @@ def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, 
 
     Args:
         path: folder of an export with `similarity` and `embed` signatures
-            (`kd_keras.export`).
+            (`kd_keras.serving`).
         sentences_a, sentences_b: lists of str, the evaluation pairs.
         gold: gold scores of the pairs.
         speed_sentences: list of str run through `embed`, batch 64, for the
@@ -98,9 +113,10 @@ def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, 
         and `pearson` (x100), `sentences_per_second`.
     """
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-    loaded = tf.saved_model.load(str(path))
+    from kd_keras.serving import load_text_export
+
+    loaded = load_text_export(path)
     similarity = loaded.signatures["similarity"]
     embed = loaded.signatures["embed"]
     scores = []

@@ -541,18 +541,44 @@ _BY_NAME = {
 }
 
 
-def get(identifier, **kwargs):
-    """A loss object from a name in `_BY_NAME` (keyword arguments go to its
-    constructor), or `identifier` itself when it is already a loss."""
+def get(identifier, temperature=None, **kwargs):
+    """A distillation loss from a name or an object, with an optional temperature.
+
+    The one owner of the temperature rules: a temperature is a positive number
+    and goes only to a loss that has one (`logit_mse` has none: asking for a
+    temperature there is an error, never silently dropped). A loss object
+    given with a temperature is copied with that temperature.
+
+    Args:
+        identifier: a name in `_BY_NAME`, a loss object or a callable.
+        temperature: float > 0 or `None` (the loss's own default).
+        **kwargs: passed to the constructor of a loss given by name.
+
+    Returns:
+        A loss object (or the callable itself).
+    """
+    if temperature is not None:
+        _check_temperature(temperature)
     if isinstance(identifier, str):
         if identifier not in _BY_NAME:
             raise ValueError(
                 f"Unknown distillation loss {identifier!r}; expected one of {sorted(_BY_NAME)} "
                 "or a loss object."
             )
-        return _BY_NAME[identifier](**kwargs)
+        cls = _BY_NAME[identifier]
+        if temperature is not None:
+            if cls is LogitMSE:
+                raise ValueError(f"{identifier!r} has no temperature; leave the temperature unset.")
+            kwargs["temperature"] = temperature
+        return cls(**kwargs)
     if kwargs:
         raise ValueError("Keyword arguments apply only to a loss given by name.")
+    if temperature is not None:
+        if not hasattr(identifier, "temperature") or isinstance(identifier, LogitMSE):
+            raise ValueError(
+                f"{type(identifier).__name__} has no temperature; leave the temperature unset."
+            )
+        return type(identifier).from_config({**identifier.get_config(), "temperature": temperature})
     if isinstance(identifier, keras.losses.Loss) or callable(identifier):
         return identifier
     raise ValueError(f"Cannot interpret {identifier!r} as a distillation loss.")

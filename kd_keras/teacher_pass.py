@@ -1,42 +1,39 @@
 """One pass of a teacher over a data set: length-bucketed batches, cached on disk.
 
 `run_teacher` tokenizes everything once, sorts the sentences by token count
-and cuts batches from that order, padding each batch only to its own longest
-row (rounded up to a multiple of `pad_multiple`), then puts the outputs back
-in input order. `cache_teacher_outputs` stores those outputs in one `.npz`
-file keyed by a fingerprint of the teacher's weights and config, the inputs
-and the settings: a matching cache is reused, a stale one rebuilt, and a
-truncated or corrupted one reported.
+and cuts batches from that order (`kd_keras.batching.length_batches`),
+padding each batch only to its own longest row (rounded up to a multiple of
+`pad_multiple`), then puts the outputs back in input order.
+`cache_teacher_outputs` stores those outputs in one cache file
+(`kd_keras.storage`) keyed by a fingerprint of the teacher's weights and
+config, the inputs and the settings: a matching cache is reused, a stale one
+rebuilt, and a truncated or corrupted one is an error naming the file.
+
+`vocabulary_outputs` is the same idea over a vocabulary: the teacher's output
+for every token alone (`[CLS] token [SEP]`), the input of vocabulary
+distillation (`kd_keras.models.student_init`), cached the same way.
 """
 
-import hashlib
-import json
-import logging
-import os
-import pathlib
-import tempfile
 import weakref
-import zipfile
 
 import numpy as np
 
+from kd_keras.batching import length_batches
+from kd_keras.progress import progress_bar
+from kd_keras.storage import CacheError, Fingerprint, cached_arrays
+
 __all__ = [
-    "CACHE_FORMAT",
+    "CACHE_VERSION",
     "CacheError",
     "cache_teacher_outputs",
-    "length_batches",
     "run_teacher",
     "teacher_fingerprint",
+    "vocabulary_outputs",
+    "vocabulary_token_outputs",
 ]
 
-CACHE_FORMAT = "kd_keras.teacher_cache.v1"
-_META_KEY = "__meta__"
-logger = logging.getLogger(__name__)
+CACHE_VERSION = "kd_keras.teacher_pass.v2"
 _FORWARD_CACHE = weakref.WeakKeyDictionary()
-
-
-class CacheError(ValueError):
-    """A teacher cache file that cannot be trusted (truncated, corrupted)."""
 
 
 def _is_pair(inputs):
@@ -56,25 +53,6 @@ def _check_inputs(inputs):
             if not isinstance(s, str):
                 raise ValueError(f"Input {i} is not a string: {s!r}.")
     return inputs
-
-
-def length_batches(lengths, batch_size, bucketing=True):
-    """Splits row indices into batches, by length when `bucketing`.
-
-    Args:
-        lengths: int array of sequence lengths.
-        batch_size: int. Rows per batch.
-        bucketing: bool. Sort by length first (stable), so that each batch
-            holds rows of similar length; otherwise keep input order.
-
-    Returns:
-        List of int arrays of row indices.
-    """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be positive; received {batch_size}.")
-    lengths = np.asarray(lengths)
-    order = np.argsort(lengths, kind="stable") if bucketing else np.arange(len(lengths))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _tokenize(preprocessor, texts, chunk=4096):
@@ -138,7 +116,6 @@ def _run_packed(
 ):
     """Runs `model` over tokenized rows; returns outputs in row order."""
     import tensorflow as tf
-    from tqdm.auto import tqdm
 
     max_length = preprocessor.sequence_length if pad_to is None else int(pad_to)
     special = 2 if second is None else 3
@@ -149,7 +126,7 @@ def _run_packed(
     forward = _forward_fn(model, jit_compile)
     n = len(lengths)
     results = None
-    bar = tqdm(total=n, desc=description, unit="sent", disable=not progress, leave=False)
+    bar = progress_bar(n, description, unit="sent", enabled=progress)
     try:
         for rows in length_batches(lengths, batch_size, bucketing=bucketing):
             if pad_to is None:
@@ -220,7 +197,7 @@ def run_teacher(
             second_outputs)` (a siamese / bi-encoder teacher).
         jit_compile: bool. XLA-compile the forward pass (every distinct batch
             width compiles once).
-        progress: bool. Show a tqdm progress bar.
+        progress: bool. Report progress (`kd_keras.progress.progress_bar`).
 
     Returns:
         `np.ndarray` (or dict of them) with one row per input, in input
@@ -261,12 +238,6 @@ def run_teacher(
     return outputs[firsts], outputs[seconds]
 
 
-def _update_with_array(digest, array):
-    array = np.ascontiguousarray(array)
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(memoryview(array).cast("B"))
-
-
 def teacher_fingerprint(model, inputs, settings, preprocessor=None):
     """SHA-256 of a teacher's weights and config, the inputs and the settings.
 
@@ -280,92 +251,35 @@ def teacher_fingerprint(model, inputs, settings, preprocessor=None):
     Returns:
         Hex digest string.
     """
-    import keras
-
-    digest = hashlib.sha256()
-    digest.update(CACHE_FORMAT.encode())
-    for variable in model.weights:
-        digest.update(variable.path.encode() if hasattr(variable, "path") else b"")
-        _update_with_array(digest, keras.ops.convert_to_numpy(variable))
-    for obj in (model, preprocessor):
-        try:
-            config = obj.get_config() if obj is not None else None
-        except (NotImplementedError, AttributeError, TypeError):
-            config = type(obj).__qualname__
-        digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
-    for item in inputs:
-        for text in item if isinstance(item, (tuple, list)) else (item,):
-            encoded = text.encode("utf-8")
-            digest.update(len(encoded).to_bytes(8, "little"))
-            digest.update(encoded)
-        digest.update(b"\x00" if isinstance(item, (tuple, list)) else b"\x01")
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
+    fingerprint = Fingerprint(CACHE_VERSION).update_model(model)
+    if preprocessor is not None:
+        fingerprint.update(preprocessor.get_config())
+    return fingerprint.update_texts(inputs).update(settings).hexdigest()
 
 
 def _flatten(outputs):
-    """`{storage_key: array}` and a JSON description of the structure."""
+    """`{storage_key: array}` of an array, a dict of arrays or a tuple of those.
+
+    The keys spell the structure (`array`, `dict/<key>`, `<i>/...`), so that
+    `_unflatten` rebuilds it from the keys alone.
+    """
     if isinstance(outputs, tuple):
-        parts = [_flatten(o) for o in outputs]
-        arrays = {f"{i}/{k}": v for i, (a, _) in enumerate(parts) for k, v in a.items()}
-        return arrays, {"tuple": [s for _, s in parts]}
+        return {f"{i}/{k}": v for i, o in enumerate(outputs) for k, v in _flatten(o).items()}
     if isinstance(outputs, dict):
-        return {f"dict/{k}": np.asarray(v) for k, v in outputs.items()}, {"dict": sorted(outputs)}
-    return {"array": np.asarray(outputs)}, "array"
+        return {f"dict/{k}": np.asarray(v) for k, v in outputs.items()}
+    return {"array": np.asarray(outputs)}
 
 
-def _unflatten(arrays, structure, prefix=""):
-    if isinstance(structure, dict) and "tuple" in structure:
-        return tuple(
-            _unflatten(arrays, s, f"{prefix}{i}/") for i, s in enumerate(structure["tuple"])
-        )
-    if isinstance(structure, dict) and "dict" in structure:
-        return {k: arrays[f"{prefix}dict/{k}"] for k in structure["dict"]}
-    return arrays[f"{prefix}array"]
-
-
-def _checksum(arrays):
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        _update_with_array(digest, arrays[key])
-    return digest.hexdigest()
-
-
-def _read_cache(path):
-    """`(meta, arrays)` of a cache file; raises `CacheError` when damaged."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
-        raise CacheError(
-            f"Teacher cache {path} is truncated or corrupted ({type(e).__name__}: {e}). "
-            "Delete it, or pass rebuild=True, to run the teacher again."
-        ) from None
-    if _META_KEY not in arrays:
-        raise CacheError(f"{path} is not a kd-keras teacher cache (no {_META_KEY} entry).")
-    try:
-        meta = json.loads(str(arrays.pop(_META_KEY)))
-    except ValueError:
-        raise CacheError(f"Teacher cache {path}: unreadable metadata.") from None
-    if meta.get("format") != CACHE_FORMAT:
-        raise CacheError(f"{path}: unknown cache format {meta.get('format')!r}.")
-    return meta, arrays
-
-
-def _write_cache(path, meta, arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays, **{_META_KEY: np.array(json.dumps(meta))})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _unflatten(arrays):
+    if "array" in arrays:
+        return arrays["array"]
+    if all(key.startswith("dict/") for key in arrays):
+        return {key[len("dict/") :]: value for key, value in arrays.items()}
+    parts = {}
+    for key, value in arrays.items():
+        index, rest = key.split("/", 1)
+        parts.setdefault(int(index), {})[rest] = value
+    return tuple(_unflatten(parts[i]) for i in sorted(parts))
 
 
 def cache_teacher_outputs(
@@ -383,12 +297,12 @@ def cache_teacher_outputs(
 ):
     """Runs the teacher once over `inputs` and caches the outputs on disk.
 
-    The cache is one `.npz` file holding the outputs, the fingerprint
-    (`teacher_fingerprint`: weights, configs, inputs, settings) and a
-    SHA-256 checksum of the arrays; it is written to a temporary file and
-    moved into place. A cache with the same fingerprint is returned as is
-    (after checking the checksum); one with another fingerprint is rebuilt;
-    a truncated or corrupted one raises `CacheError`.
+    The cache is one file (`kd_keras.storage.cached_arrays`) holding the
+    outputs, the fingerprint (`teacher_fingerprint`: weights, configs,
+    inputs, settings) and a checksum of the arrays, written atomically. A
+    cache with the same fingerprint is returned as is (after checking the
+    checksum); one with another fingerprint is rebuilt; a truncated or
+    corrupted one raises `CacheError` naming the file.
 
     Args:
         model: the Keras teacher (e.g. a `Teacher`).
@@ -397,7 +311,7 @@ def cache_teacher_outputs(
         preprocessor: `BertPreprocessor`; defaults to `model.preprocessor`.
         batch_size, bucketing, pad_to, pair_encoding, jit_compile: see
             `run_teacher`.
-        progress: bool. Show a tqdm progress bar.
+        progress: bool. Report progress.
         rebuild: bool. Ignore (and overwrite) an existing cache.
 
     Returns:
@@ -407,7 +321,6 @@ def cache_teacher_outputs(
     preprocessor = preprocessor or getattr(model, "preprocessor", None)
     if preprocessor is None:
         raise ValueError("`preprocessor` is required: the model has none.")
-    cache_path = pathlib.Path(cache_path)
     settings = {
         "batch_size": int(batch_size),
         "bucketing": bool(bucketing),
@@ -416,35 +329,118 @@ def cache_teacher_outputs(
         "jit_compile": bool(jit_compile),
     }
     fingerprint = teacher_fingerprint(model, inputs, settings, preprocessor)
-    if cache_path.exists() and not rebuild:
-        meta, arrays = _read_cache(cache_path)
-        if meta.get("fingerprint") == fingerprint:
-            if _checksum(arrays) != meta.get("checksum"):
-                raise CacheError(
-                    f"Teacher cache {cache_path} is corrupted: its checksum does not match "
-                    "its contents. Delete it, or pass rebuild=True."
-                )
-            return _unflatten(arrays, meta["structure"])
-        logger.info("Teacher cache %s is stale (fingerprint differs); rebuilding.", cache_path)
-    outputs = run_teacher(
-        model,
-        inputs,
-        preprocessor=preprocessor,
-        batch_size=batch_size,
-        bucketing=bucketing,
-        pad_to=pad_to,
-        pair_encoding=pair_encoding,
-        jit_compile=jit_compile,
-        progress=progress,
+
+    def compute():
+        return _flatten(
+            run_teacher(
+                model,
+                inputs,
+                preprocessor=preprocessor,
+                batch_size=batch_size,
+                bucketing=bucketing,
+                pad_to=pad_to,
+                pair_encoding=pair_encoding,
+                jit_compile=jit_compile,
+                progress=progress,
+            )
+        )
+
+    meta = {"num_inputs": len(inputs), "settings": settings}
+    _, arrays = cached_arrays(cache_path, fingerprint, compute, meta=meta, rebuild=rebuild)
+    return _unflatten(arrays)
+
+
+# === The teacher over its vocabulary ===
+
+
+def vocabulary_token_outputs(teacher, batch_size=1024, progress=False):
+    """The teacher's output for every vocabulary token alone: `[CLS] token [SEP]`.
+
+    Args:
+        teacher: a `Teacher` (or any model from the int32 BERT input dict to
+            `[batch, dim]`) with a `preprocessor` (`BertPreprocessor`).
+        batch_size: int. Tokens per forward pass.
+        progress: bool. Report progress.
+
+    Returns:
+        float32 `np.ndarray` `[vocabulary_size, dim]`: row `i` is the
+        teacher's output for token ids `[cls_id, i, sep_id]` (segment ids 0,
+        padding mask 1), with no PCA and no zeroed rows.
+    """
+    import tensorflow as tf
+
+    preprocessor = _vocabulary_preprocessor(teacher)
+    vocabulary_size = len(preprocessor.vocabulary)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive; received {batch_size}.")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int32)] * 3, reduce_retracing=True)
+    def forward(token_ids, segment_ids, padding_mask):
+        inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        return teacher(inputs, training=False)
+
+    bar = progress_bar(vocabulary_size, "vocabulary distillation", unit="token", enabled=progress)
+    rows = []
+    for start in range(0, vocabulary_size, batch_size):
+        ids = np.arange(start, min(start + batch_size, vocabulary_size), dtype=np.int32)
+        token_ids = np.stack(
+            [
+                np.full_like(ids, preprocessor.cls_token_id),
+                ids,
+                np.full_like(ids, preprocessor.sep_token_id),
+            ],
+            axis=1,
+        )
+        outputs = forward(token_ids, np.zeros_like(token_ids), np.ones_like(token_ids))
+        if isinstance(outputs, dict) or len(outputs.shape) != 2:
+            raise ValueError(
+                "The teacher must return one embedding per input, `[batch, dim]`; "
+                "use a pooled `Teacher` (pooling 'mean', 'cls', 'max' or 'pooled')."
+            )
+        rows.append(np.asarray(outputs, dtype=np.float32))
+        bar.update(len(ids))
+    bar.close()
+    return np.concatenate(rows, axis=0)
+
+
+def _vocabulary_preprocessor(teacher):
+    preprocessor = getattr(teacher, "preprocessor", None)
+    if preprocessor is None:
+        raise ValueError(
+            "The teacher has no `preprocessor`: its vocabulary and special tokens are needed."
+        )
+    return preprocessor
+
+
+def vocabulary_outputs(teacher, cache_path=None, batch_size=1024, progress=False):
+    """`vocabulary_token_outputs`, cached at `cache_path` when given.
+
+    The cache (`kd_keras.storage.cached_arrays`) holds the raw per-token
+    outputs (before any PCA, so one file serves every student width) with a
+    fingerprint of the teacher's config and weights and of its preprocessor;
+    a stale file is recomputed, a damaged one is an error naming it.
+
+    Args:
+        teacher: a `Teacher` with a `preprocessor`, returning `[batch, dim]`.
+        cache_path: `None`, or the cache file.
+        batch_size: int. Tokens per forward pass.
+        progress: bool. Report progress.
+
+    Returns:
+        float32 `np.ndarray` `[vocabulary_size, dim]`.
+    """
+
+    def compute():
+        return {"outputs": vocabulary_token_outputs(teacher, batch_size, progress=progress)}
+
+    if cache_path is None:
+        return compute()["outputs"]
+    fingerprint = (
+        Fingerprint("kd_keras.vocabulary_outputs.v2")
+        .update_model(teacher)
+        .update(_vocabulary_preprocessor(teacher).get_config())
+        .hexdigest()
     )
-    arrays, structure = _flatten(outputs)
-    meta = {
-        "format": CACHE_FORMAT,
-        "fingerprint": fingerprint,
-        "checksum": _checksum(arrays),
-        "structure": structure,
-        "num_inputs": len(inputs),
-        "settings": settings,
-    }
-    _write_cache(cache_path, meta, arrays)
-    return outputs
+    _, arrays = cached_arrays(cache_path, fingerprint, compute)
+    return arrays["outputs"]

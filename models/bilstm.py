@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 
-from models.layers import MaskedMeanPooling, siamese
+from .heads import build_pair_model
+from .pooling import MaskedPooling
 
 
 def token_embedding(vocabulary_size, embedding_dim, embeddings_initializer="uniform"):
@@ -82,9 +83,9 @@ def build_bilstm_encoder(
     embedded = embedding(token_ids)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(embedded)
     x = lstm(x)
-    x = MaskedMeanPooling(name="pooling")(x)
+    x = MaskedPooling("mean", name="pooling")(x)
     if embedding_skip:
-        bag = MaskedMeanPooling(name="embedding_pooling")(embedded)
+        bag = MaskedPooling("mean", name="embedding_pooling")(embedded)
         x = keras.layers.Concatenate(name="skip")([x, bag])
     if output_dim is not None:
         x = keras.layers.Dense(output_dim, name="projection")(x)
@@ -105,4 +106,4 @@ def build_siamese_bilstm(vocabulary_size, name="siamese_bilstm", **encoder_kwarg
         `keras.Model` with inputs `{"sentence_a": ids, "sentence_b": ids}` and
         output the cosine score `[B, 1]`.
     """
-    return siamese(build_bilstm_encoder(vocabulary_size, **encoder_kwargs), name=name)
+    return build_pair_model(build_bilstm_encoder(vocabulary_size, **encoder_kwargs), name=name)

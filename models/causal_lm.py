@@ -7,11 +7,11 @@
   as a prefix (the case `truncate_teacher_vocab=True` of `kd_keras.losses`
   handles).
 - `build_gpt2_causal_lm` builds a `keras_hub.models.GPT2CausalLM` of any size.
-- `save_causal_lm` / `load_causal_lm` write and read a local checkpoint
-  directory, offline: a KerasHub preset (`save_to_preset`) or a Hugging Face
-  directory (`config.json`, `model.safetensors`, tokenizer files) that
-  KerasHub converts on load (GPT-2, Qwen, Llama, ... - whatever
-  `keras_hub.models.CausalLM.from_preset` supports).
+- `load_causal_lm` reads a local checkpoint directory, offline: a KerasHub
+  preset (`save_to_preset`) or a Hugging Face directory (`config.json`,
+  `model.safetensors`, tokenizer files) that KerasHub converts on load (GPT-2,
+  Qwen, Llama, ... - whatever `keras_hub.models.CausalLM.from_preset`
+  supports); `kd_keras.serving.save_causal_lm` writes one.
 - `encode_instructions` turns instruction-tuning examples (`instruction`,
   `input`, `output`) into `token_ids`, `padding_mask` and next-token `labels`
   where prompt tokens and padding carry -100; `encode_corpus` packs plain
@@ -43,8 +43,6 @@ __all__ = [
     "load_gpt2_tokenizer",
     "masked_perplexity",
     "read_instructions",
-    "save_causal_lm",
-    "save_gpt2_tokenizer",
     "train_byte_bpe",
 ]
 
@@ -209,16 +207,6 @@ def build_gpt2_tokenizer(vocabulary, merges, sequence_length=None):
     )
 
 
-def save_gpt2_tokenizer(vocabulary, merges, directory):
-    """Writes `vocab.json` and `merges.txt` (GPT-2's format) into `directory`."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocabulary, ensure_ascii=False) + "\n")
-    (directory / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8"
-    )
-
-
 def load_gpt2_tokenizer(directory):
     """Reads `vocab.json` and `merges.txt`: `(vocabulary, merges)`."""
     directory = pathlib.Path(directory)
@@ -296,108 +284,10 @@ def build_gpt2_causal_lm(
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor, **kwargs)
 
 
-def save_causal_lm(model, directory, format="keras", tokenizer=None):
-    """Writes a KerasHub causal LM as a local checkpoint directory.
-
-    Args:
-        model: a `keras_hub.models.CausalLM`.
-        directory: str or path; created.
-        format: `"keras"` (a KerasHub preset: `config.json`,
-            `model.weights.h5`, tokenizer assets) or `"transformers"` (a
-            Hugging Face directory: `config.json`, `model.safetensors`,
-            tokenizer files; for the architectures KerasHub exports: GPT-2,
-            Qwen, Llama 3, Gemma, Mistral).
-        tokenizer: the model's tokenizer, saved with it; required when the
-            model has no preprocessor (a model trained with `fit` on token
-            ids has none: a KerasHub task with a preprocessor would
-            preprocess the ids again). The weights are shared, not copied.
-
-    Returns:
-        The directory, as a `pathlib.Path`.
-    """
-    if tokenizer is not None:
-        preprocessor = type(model).preprocessor_cls(tokenizer)
-        model = type(model)(backbone=model.backbone, preprocessor=preprocessor)
-    if getattr(model, "preprocessor", None) is None:
-        raise ValueError(
-            "The model has no preprocessor, so its tokenizer would not be saved; pass `tokenizer=`."
-        )
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if format == "keras":
-        model.save_to_preset(str(directory))
-    elif format == "transformers":
-        model.export_to_transformers(str(directory))
-        _complete_transformers_config(model, directory)
-    else:
-        raise ValueError(f"`format` must be 'keras' or 'transformers'; received {format!r}.")
-    return directory
-
-
-# Hugging Face class names of the causal LMs, by `model_type`.
-_HF_ARCHITECTURES = {
-    "gpt2": "GPT2LMHeadModel",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "gemma": "GemmaForCausalLM",
-}
-
-
-def _complete_transformers_config(model, directory):
-    """Fills in what KerasHub 0.32's export leaves out of `config.json`.
-
-    Its GPT-2 export writes no `architectures` (which its own loader needs)
-    and GPT-2's 50256 as the special token ids; its Qwen export writes no
-    `use_sliding_window` / `sliding_window` (which its loader reads); and its
-    GPT-2 loader assumes `intermediate_dim == 4 * hidden_dim`.
-    """
-    path = directory / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    model_type = config.get("model_type")
-    if "architectures" not in config and model_type in _HF_ARCHITECTURES:
-        config["architectures"] = [_HF_ARCHITECTURES[model_type]]
-    if model_type == "qwen2":
-        backbone = model.backbone
-        config.setdefault("use_sliding_window", bool(backbone.use_sliding_window_attention))
-        config.setdefault("sliding_window", int(backbone.sliding_window_size))
-        if not (directory / "tokenizer.json").exists():
-            _write_tokenizer_json(model.preprocessor.tokenizer, directory / "tokenizer.json")
-    if model_type == "gpt2":
-        backbone = model.backbone
-        if backbone.intermediate_dim != 4 * backbone.hidden_dim:
-            raise ValueError(
-                "A GPT-2 Hugging Face checkpoint needs `intermediate_dim == 4 * hidden_dim` "
-                f"(KerasHub's loader assumes it); this model has {backbone.intermediate_dim} "
-                f"and {backbone.hidden_dim}. Save it with format='keras'."
-            )
-        tokenizer = model.preprocessor.tokenizer
-        eos = int(tokenizer.token_to_id(END_OF_TEXT))
-        config["bos_token_id"] = config["eos_token_id"] = eos
-    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-
-def _write_tokenizer_json(tokenizer, path):
-    """A minimal Hugging Face `tokenizer.json` (BPE model and special tokens)."""
-    vocabulary = dict(tokenizer.vocabulary)
-    specials = list(getattr(tokenizer, "unsplittable_tokens", None) or [])
-    record = {
-        "version": "1.0",
-        "added_tokens": [
-            {"id": int(vocabulary[t]), "content": t, "special": True}
-            for t in specials
-            if t in vocabulary
-        ],
-        "model": {"type": "BPE", "vocab": vocabulary, "merges": list(tokenizer.merges)},
-    }
-    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def load_causal_lm(directory, **kwargs):
     """Loads a causal LM from a local directory, offline.
 
-    Either a KerasHub preset (`save_causal_lm(..., format="keras")`) or a
+    Either a KerasHub preset (`kd_keras.serving.save_causal_lm(..., format="keras")`) or a
     Hugging Face checkpoint directory (`config.json` with a `model_type`
     KerasHub converts, `model.safetensors`, tokenizer files), as
     `keras_hub.models.CausalLM.from_preset` reads them.

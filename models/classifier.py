@@ -1,49 +1,13 @@
 """BiLSTM text classifier: the student of the SST-2 recipe (Tang et al. 2019)."""
 
 import keras
-from keras import ops
 
-from models.bilstm import token_embedding
-from models.layers import MaskedMeanPooling
+from .bilstm import token_embedding
+from .pooling import MaskedPooling
 
-__all__ = ["CLASSIFIER_POOLINGS", "MaskedMaxPooling", "build_bilstm_classifier"]
+__all__ = ["CLASSIFIER_POOLINGS", "build_bilstm_classifier"]
 
 CLASSIFIER_POOLINGS = ("max", "mean", "last")
-
-
-@keras.saving.register_keras_serializable(package="kd_keras")
-class MaskedMaxPooling(keras.layers.Layer):
-    """Maximum of a sequence over its unmasked positions.
-
-    Formula:
-
-    ```
-    out[b] = max_{s : mask[b, s]} x[b, s]     (0 for a row with no position)
-    ```
-
-    Called as `layer(sequence)` with `sequence` `[B, S, H]` and the Keras mask
-    that an `Embedding(mask_zero=True)` attached, or as `layer(sequence,
-    mask)`.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def call(self, sequence, mask=None):
-        if mask is None:
-            return ops.max(sequence, axis=1)
-        keep = ops.expand_dims(ops.cast(mask, "bool"), -1)
-        lowest = ops.cast(-1e9, sequence.dtype)
-        pooled = ops.max(ops.where(keep, sequence, lowest), axis=1)
-        any_kept = ops.any(keep, axis=1)
-        return ops.where(any_kept, pooled, ops.zeros_like(pooled))
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[-1])
 
 
 def build_bilstm_classifier(
@@ -100,10 +64,8 @@ def build_bilstm_classifier(
     x = embedding(token_ids)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
     x = lstm(x)
-    if pooling == "max":
-        x = MaskedMaxPooling(name="pooling")(x)
-    elif pooling == "mean":
-        x = MaskedMeanPooling(name="pooling")(x)
+    if pooling in ("max", "mean"):
+        x = MaskedPooling(pooling, name="pooling")(x)
     if dense_dim:
         x = keras.layers.Dense(dense_dim, activation="relu", name="hidden")(x)
     x = keras.layers.Dropout(dropout, name="output_dropout")(x)

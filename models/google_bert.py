@@ -10,20 +10,17 @@ vocab.txt                 #   bert/encoder/layer_0/attention/self/query/kernel, 
 checkpoint                # optional
 ```
 
-`save_google_checkpoint` writes that layout (plus `kd_keras_pipeline.json`
-with the tokenizer and pooling settings, which other readers ignore).
+`kd_keras.serving.save_google_checkpoint` writes that layout (plus
+`kd_keras_pipeline.json` with the tokenizer and pooling settings, which other
+readers ignore).
 """
 
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
-import numpy as np
 import tensorflow as tf
 
-from models.bert_encoder import BertEncoder, get_google_weights, set_google_weights
+from .bert_encoder import BertEncoder, set_google_weights
 
 __all__ = [
     "PIPELINE_FILE",
@@ -31,7 +28,6 @@ __all__ = [
     "find_checkpoint",
     "load_google_bert",
     "read_json",
-    "save_google_checkpoint",
 ]
 
 PIPELINE_FILE = "kd_keras_pipeline.json"
@@ -157,64 +153,3 @@ def load_google_bert(directory):
     except (KeyError, ValueError) as e:
         raise ValueError(f"Checkpoint {prefix}: {e.args[0]}") from None
     return encoder, config
-
-
-def save_google_checkpoint(encoder, directory, vocabulary=None, pipeline=None):
-    """Writes an encoder as a Google BERT checkpoint directory.
-
-    The variables are saved under their Google names with TF1 `Saver`
-    naming (no object-graph suffixes), so Google BERT, bert4keras and
-    `load_google_bert` read them back. Files are written to a temporary
-    folder and moved into place.
-
-    Args:
-        encoder: a `BertEncoder` or `keras_hub.models.BertBackbone`.
-        directory: output folder (created if needed).
-        vocabulary: optional list of tokens, written to `vocab.txt`.
-        pipeline: optional JSON-able dict written to `kd_keras_pipeline.json`
-            (tokenizer and pooling settings).
-
-    Returns:
-        The directory, as a `pathlib.Path`.
-    """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "attention_probs_dropout_prob": float(encoder.dropout),
-        "hidden_act": getattr(encoder, "hidden_activation", "gelu_approximate"),
-        "hidden_dropout_prob": float(encoder.dropout),
-        "hidden_size": int(encoder.hidden_dim),
-        "initializer_range": 0.02,
-        "intermediate_size": int(encoder.intermediate_dim),
-        "layer_norm_eps": float(getattr(encoder, "layer_norm_epsilon", 1e-12)),
-        "max_position_embeddings": int(encoder.max_sequence_length),
-        "num_attention_heads": int(encoder.num_heads),
-        "num_hidden_layers": int(encoder.num_layers),
-        "type_vocab_size": int(encoder.num_segments),
-        "vocab_size": int(encoder.vocabulary_size),
-    }
-    weights = get_google_weights(encoder)
-    names = sorted(weights)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    try:
-        tf.raw_ops.SaveV2(
-            prefix=str(tmp / CHECKPOINT_NAME),
-            tensor_names=names,
-            shape_and_slices=[""] * len(names),
-            tensors=[tf.constant(np.asarray(weights[n], dtype="float32")) for n in names],
-        )
-        (tmp / "checkpoint").write_text(
-            f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n'
-            f'all_model_checkpoint_paths: "{CHECKPOINT_NAME}"\n',
-            encoding="utf-8",
-        )
-        (tmp / "bert_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
-        if vocabulary is not None:
-            (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocabulary), "utf-8")
-        if pipeline is not None:
-            (tmp / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=2) + "\n", "utf-8")
-        for path in tmp.iterdir():
-            os.replace(path, directory / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory

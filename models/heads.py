@@ -1,25 +1,37 @@
-"""Heads on top of a BERT-family encoder: embeddings, pair similarity, classes.
+"""Heads on top of an encoder: sentence embeddings, pair similarity, classes.
 
 Every head is a plain Keras layer or functional model, so it can be trained
 (`fit`), saved (`.keras`), and used as a frozen teacher inside
 `kd_keras.Distiller` (which sets `trainable = False` on the teacher).
+
+The one home of the pair ideas: `cosine_similarity` and `similarity_logits`
+(functions on tensors, used by the layers here, the teacher-side targets of
+the sentence-pair recipe and the exported `similarity` signature) and
+`build_pair_model`, the one siamese pair model, whose inputs are always
+`{"sentence_a": ..., "sentence_b": ...}`.
 """
 
 import keras
 from keras import ops
 
+from .pooling import MaskedPooling
+
 __all__ = [
+    "PAIR_KEYS",
+    "PAIR_OUTPUTS",
     "CosineSimilarity",
-    "SentenceEmbedding",
     "SimilarityLogits",
     "bert_inputs",
     "build_classifier",
-    "build_pair_similarity_model",
+    "build_pair_model",
     "build_sentence_embedder",
+    "cosine_similarity",
     "pool_encoder_outputs",
+    "similarity_logits",
 ]
 
-POOLING_MODES = ("mean", "cls", "max")
+PAIR_KEYS = ("sentence_a", "sentence_b")
+PAIR_OUTPUTS = ("embeddings", "score", "logits")
 
 
 def bert_inputs(prefix=""):
@@ -37,68 +49,51 @@ def bert_inputs(prefix=""):
     }
 
 
-@keras.saving.register_keras_serializable(package="kd_keras")
-class SentenceEmbedding(keras.layers.Layer):
-    """Pools token vectors into one vector per sentence.
+def cosine_similarity(a, b, epsilon=1e-12):
+    """Row-wise cosine similarity of two `[batch, dim]` tensors: `[batch]`.
 
-    As sentence-transformers' `Pooling` (+ `Normalize`):
-    - `"mean"`: `sum(x * mask) / max(sum(mask), 1e-9)` over the sequence;
-    - `"cls"`: the first token's vector;
-    - `"max"`: the maximum over non-padding tokens (padding set to -1e9);
-    then optionally `x / max(||x||_2, 1e-12)`.
+    Formula:
+
+    ```
+    cos = <a / max(|a|, eps), b / max(|b|, eps)>
+    ```
+
+    as `sentence_transformers.util.cos_sim` computes it, so a zero vector
+    scores 0, never NaN. Keras ops: runs in a model, a `tf.function` or a
+    `tf.data` pipeline alike.
+    """
+    a = a / ops.maximum(ops.norm(a, axis=-1, keepdims=True), epsilon)
+    b = b / ops.maximum(ops.norm(b, axis=-1, keepdims=True), epsilon)
+    return ops.sum(a * b, axis=-1)
+
+
+def similarity_logits(cosine, scale=10.0, threshold=0.0):
+    """Two-class (not similar, similar) logits `[batch, 2]` from cosines.
+
+    Formula:
+
+    ```
+    logits = scale * [threshold - cos, cos - threshold]
+    ```
+
+    so that `softmax(logits)[..., 1] = sigmoid(2 * scale * (cos - threshold))`
+    (see `SimilarityLogits`).
 
     Args:
-        pooling: str, one of `"mean"`, `"cls"`, `"max"`.
-        normalize: bool. L2-normalize the pooled vectors.
-
-    Call arguments:
-        sequence_output: float `[batch, length, dim]`.
-        padding_mask: int or bool `[batch, length]`, 1 for real tokens.
+        cosine: float `[batch]` or `[batch, 1]`.
+        scale: float.
+        threshold: float.
     """
-
-    def __init__(self, pooling="mean", normalize=False, **kwargs):
-        super().__init__(**kwargs)
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"`pooling` must be one of {POOLING_MODES}; received {pooling!r}.")
-        self.pooling = pooling
-        self.normalize = bool(normalize)
-
-    def call(self, sequence_output, padding_mask):
-        if self.pooling == "cls":
-            pooled = sequence_output[:, 0, :]
-        else:
-            mask = ops.cast(ops.expand_dims(padding_mask, -1), sequence_output.dtype)
-            if self.pooling == "mean":
-                total = ops.sum(sequence_output * mask, axis=1)
-                pooled = total / ops.maximum(ops.sum(mask, axis=1), 1e-9)
-            else:
-                pooled = ops.max(sequence_output * mask + (1.0 - mask) * -1e9, axis=1)
-        if self.normalize:
-            norm = ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
-            pooled = pooled / ops.maximum(norm, 1e-12)
-        return pooled
-
-    def compute_output_shape(self, sequence_output_shape, padding_mask_shape):
-        return (sequence_output_shape[0], sequence_output_shape[-1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"pooling": self.pooling, "normalize": self.normalize})
-        return config
+    centred = scale * (ops.reshape(cosine, (-1, 1)) - threshold)
+    return ops.concatenate([-centred, centred], axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
 class CosineSimilarity(keras.layers.Layer):
-    """Cosine similarity of two batches of vectors: `[batch]`.
-
-    `cos = <a / max(|a|, eps), b / max(|b|, eps)>`, as
-    `sentence_transformers.util.cos_sim` computes it (eps = 1e-12).
-    """
+    """`cosine_similarity` as a layer: two batches of vectors to `[batch]`."""
 
     def call(self, a, b):
-        a = a / ops.maximum(ops.norm(a, axis=-1, keepdims=True), 1e-12)
-        b = b / ops.maximum(ops.norm(b, axis=-1, keepdims=True), 1e-12)
-        return ops.sum(a * b, axis=-1)
+        return cosine_similarity(a, b)
 
     def compute_output_shape(self, a_shape, b_shape):
         return (a_shape[0],)
@@ -135,9 +130,7 @@ class SimilarityLogits(keras.layers.Layer):
         self.threshold = float(threshold)
 
     def call(self, cosine):
-        cosine = ops.reshape(cosine, (-1, 1))
-        centred = self.scale * (cosine - self.threshold)
-        return ops.concatenate([-centred, centred], axis=-1)
+        return similarity_logits(cosine, self.scale, self.threshold)
 
     def compute_output_shape(self, cosine_shape):
         return (cosine_shape[0], 2)
@@ -165,8 +158,8 @@ def pool_encoder_outputs(outputs, padding_mask, pooling="mean", normalize=True):
         outputs: dict with `sequence_output` (and `pooled_output` for
             `pooling="pooled"`).
         padding_mask: int `[batch, length]`, 1 for real tokens.
-        pooling: `"mean"`, `"cls"`, `"max"` (a `SentenceEmbedding` layer
-            named `pooling`) or `"pooled"` (BERT's pooler output).
+        pooling: `"mean"`, `"cls"`, `"max"` (a `MaskedPooling` layer named
+            `pooling`) or `"pooled"` (BERT's pooler output).
         normalize: bool. L2-normalize (for `"pooled"`, a `UnitNormalization`
             layer named `normalize`).
 
@@ -178,7 +171,7 @@ def pool_encoder_outputs(outputs, padding_mask, pooling="mean", normalize=True):
         if normalize:
             pooled = keras.layers.UnitNormalization(name="normalize")(pooled)
         return pooled
-    return SentenceEmbedding(pooling, normalize, name="pooling")(
+    return MaskedPooling(pooling, normalize, name="pooling")(
         outputs["sequence_output"], padding_mask
     )
 
@@ -204,30 +197,61 @@ def build_sentence_embedder(encoder, pooling="mean", normalize=True, name="sente
     return keras.Model(inputs, pooled, name=name)
 
 
-def build_pair_similarity_model(
-    embedder, output="cosine", scale=10.0, threshold=0.0, name="pair_similarity"
-):
-    """A siamese model: one embedder (shared weights) on both sentences of a pair.
+def _pair_inputs(encoder):
+    """Two copies of `encoder`'s inputs, keyed `sentence_a` and `sentence_b`.
+
+    A single input is named after its key (as Keras wants for dict inputs);
+    the entries of a nested input get the suffix `_a` or `_b`.
+    """
+    structure = encoder.input
+
+    def like(spec, key):
+        name = f"{spec.name}_{key[-1]}" if keras.tree.is_nested(structure) else key
+        return keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
+
+    return {
+        key: keras.tree.map_structure(lambda s, key=key: like(s, key), structure)
+        for key in PAIR_KEYS
+    }
+
+
+def build_pair_model(encoder, outputs="score", scale=10.0, threshold=0.0, name="pair_model"):
+    """A siamese pair model: one `encoder` tower (shared weights) on both sentences.
 
     Args:
-        embedder: model from BERT inputs to sentence vectors (e.g.
-            `build_sentence_embedder(...)` or a `Teacher`).
-        output: `"cosine"` (`[batch]`), `"logits"` (`[batch, 2]`, see
-            `SimilarityLogits`), or `"both"` (a dict with both).
-        scale: float, for the logits.
-        threshold: float, for the logits.
-        name: model name.
+        encoder: functional `keras.Model` from one sentence's inputs (token
+            ids, or a dict of BERT inputs) to its embedding `[B, D]`.
+        outputs: one name or a tuple of names from `PAIR_OUTPUTS`:
+            `"score"`, the cosine similarity `[B, 1]` (the shape Keras'
+            regression losses and metrics expect); `"logits"`, the two-class
+            form `[B, 2]` (`SimilarityLogits`); `"embeddings"`, both
+            sentences' embeddings `[B, 2, D]`. A tuple gives a dict.
+        scale, threshold: float. Of the logits.
+        name: str.
 
     Returns:
-        `keras.Model` taking `{"first": bert_inputs, "second": bert_inputs}`.
+        `keras.Model` with inputs `{"sentence_a": ..., "sentence_b": ...}`,
+        each shaped like the encoder's inputs.
     """
-    if output not in ("cosine", "logits", "both"):
-        raise ValueError(f"`output` must be 'cosine', 'logits' or 'both'; received {output!r}.")
-    first, second = bert_inputs("first_"), bert_inputs("second_")
-    cosine = CosineSimilarity(name="cosine")(embedder(first), embedder(second))
-    logits = SimilarityLogits(scale, threshold, name="logits")(cosine)
-    outputs = {"cosine": cosine, "logits": logits, "both": {"cosine": cosine, "logits": logits}}
-    return keras.Model({"first": first, "second": second}, outputs[output], name=name)
+    names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    unknown = [n for n in names if n not in PAIR_OUTPUTS]
+    if not names or unknown:
+        raise ValueError(f"`outputs` must name some of {PAIR_OUTPUTS}; received {outputs!r}.")
+    inputs = _pair_inputs(encoder)
+    ea, eb = encoder(inputs["sentence_a"]), encoder(inputs["sentence_b"])
+    cosine = CosineSimilarity(name="cosine")(ea, eb)
+    width = ea.shape[-1]
+    built = {}
+    if "embeddings" in names:
+        built["embeddings"] = keras.layers.Concatenate(axis=1, name="embeddings")(
+            [keras.layers.Reshape((1, width))(ea), keras.layers.Reshape((1, width))(eb)]
+        )
+    if "score" in names:
+        built["score"] = keras.layers.Reshape((1,), name="score")(cosine)
+    if "logits" in names:
+        built["logits"] = SimilarityLogits(scale, threshold, name="logits")(cosine)
+    result = built[outputs] if isinstance(outputs, str) else {n: built[n] for n in names}
+    return keras.Model(inputs, result, name=name)
 
 
 def build_classifier(encoder, num_classes, pooling="pooled", dropout=0.1, name="classifier"):
@@ -254,7 +278,7 @@ def build_classifier(encoder, num_classes, pooling="pooled", dropout=0.1, name="
     if pooling == "pooled":
         pooled = outputs["pooled_output"]
     else:
-        pooled = SentenceEmbedding(pooling, False, name="pooling")(
+        pooled = MaskedPooling(pooling, False, name="pooling")(
             outputs["sequence_output"], inputs["padding_mask"]
         )
     pooled = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled)

@@ -10,9 +10,10 @@ name:
 - `"teacher"`: the teacher's input token embeddings (BERT word embeddings),
   reduced to `embedding_dim` by PCA (`teacher_token_embeddings`);
 - `"vocab"`: "vocabulary distillation" as in Model2Vec: every token alone
-  through the whole teacher as `[CLS] token [SEP]`, its sentence embedding
-  reduced by PCA (`vocabulary_distillation_embeddings`). Only a starting
-  point: the student is trained afterwards.
+  through the whole teacher as `[CLS] token [SEP]` (a teacher pass over the
+  vocabulary, `kd_keras.teacher_pass.vocabulary_outputs`, cached), its
+  sentence embedding reduced by PCA (`vocabulary_distillation_embeddings`).
+  Only a starting point: the student is trained afterwards.
 
 The PCA centres the rows, finds the principal axes and keeps the coordinates on the top
 `embedding_dim` principal axes, in decreasing order of explained variance,
@@ -25,26 +26,17 @@ rotation of the centred rows, distances unchanged - and the remaining
 columns are zeros.
 """
 
-import hashlib
-import json
-import os
-import pathlib
-import tempfile
-
 import numpy as np
 
 __all__ = [
     "INITS",
     "pca_project",
     "student_embeddings",
-    "teacher_fingerprint",
     "teacher_token_embeddings",
     "vocabulary_distillation_embeddings",
-    "vocabulary_token_outputs",
 ]
 
 INITS = ("random", "teacher", "vocab")
-_CACHE_FORMAT = "kd_keras.vocabulary_token_outputs.v1"
 
 
 def pca_project(matrix, embedding_dim, exclude_rows=()):
@@ -104,15 +96,6 @@ def _encoder(teacher):
     return encoder
 
 
-def _preprocessor(teacher):
-    preprocessor = getattr(teacher, "preprocessor", None)
-    if preprocessor is None:
-        raise ValueError(
-            "The teacher has no `preprocessor`: its vocabulary and special tokens are needed."
-        )
-    return preprocessor
-
-
 def _vocabulary_size(teacher):
     preprocessor = getattr(teacher, "preprocessor", None)
     if preprocessor is not None:
@@ -151,174 +134,23 @@ def teacher_token_embeddings(teacher, embedding_dim):
     return pca_project(matrix[:vocabulary_size], embedding_dim, exclude_rows=_pad_rows(teacher))
 
 
-def vocabulary_token_outputs(teacher, batch_size=1024, progress=False):
-    """The teacher's output for every vocabulary token alone: `[CLS] token [SEP]`.
-
-    Args:
-        teacher: a `Teacher` (or any model from the int32 BERT input dict to
-            `[batch, dim]`) with a `preprocessor` (`BertPreprocessor`).
-        batch_size: int. Tokens per forward pass.
-        progress: bool. Show a tqdm progress bar.
-
-    Returns:
-        float32 `np.ndarray` `[vocabulary_size, dim]`: row `i` is the
-        teacher's output for token ids `[cls_id, i, sep_id]` (segment ids 0,
-        padding mask 1), with no PCA and no zeroed rows.
-    """
-    import tensorflow as tf
-
-    preprocessor = _preprocessor(teacher)
-    vocabulary_size = len(preprocessor.vocabulary)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be positive; received {batch_size}.")
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, 3], tf.int32)] * 3,
-        reduce_retracing=True,
-    )
-    def forward(token_ids, segment_ids, padding_mask):
-        inputs = {
-            "token_ids": token_ids,
-            "segment_ids": segment_ids,
-            "padding_mask": padding_mask,
-        }
-        return teacher(inputs, training=False)
-
-    starts = range(0, vocabulary_size, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="vocabulary distillation", unit="batch")
-    rows = []
-    for start in starts:
-        ids = np.arange(start, min(start + batch_size, vocabulary_size), dtype=np.int32)
-        token_ids = np.stack(
-            [
-                np.full_like(ids, preprocessor.cls_token_id),
-                ids,
-                np.full_like(ids, preprocessor.sep_token_id),
-            ],
-            axis=1,
-        )
-        outputs = forward(token_ids, np.zeros_like(token_ids), np.ones_like(token_ids))
-        if isinstance(outputs, dict) or len(outputs.shape) != 2:
-            raise ValueError(
-                "The teacher must return one embedding per input, `[batch, dim]`; "
-                "use a pooled `Teacher` (pooling 'mean', 'cls', 'max' or 'pooled')."
-            )
-        rows.append(np.asarray(outputs, dtype=np.float32))
-    return np.concatenate(rows, axis=0)
-
-
-def teacher_fingerprint(teacher):
-    """A hash of what the teacher's per-token outputs depend on.
-
-    Covers the vocabulary and special token ids, every weight (shape, dtype
-    and bytes, in the model's weight order), the encoder's config (activation,
-    epsilon, sizes; its name left out) and the pooling and normalization.
-
-    Args:
-        teacher: a `Teacher` with a `preprocessor`.
-
-    Returns:
-        str, a SHA-256 hex digest.
-    """
-    preprocessor = _preprocessor(teacher)
-    digest = hashlib.sha256()
-    digest.update(_CACHE_FORMAT.encode())
-    digest.update("\n".join(preprocessor.vocabulary).encode("utf-8"))
-    special = [preprocessor.cls_token_id, preprocessor.sep_token_id, preprocessor.pad_token_id]
-    digest.update(json.dumps(special).encode())
-    encoder = getattr(teacher, "encoder", None)
-    if encoder is not None and hasattr(encoder, "get_config"):
-        config = {k: v for k, v in encoder.get_config().items() if k not in ("name", "trainable")}
-        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    settings = {
-        "class": type(teacher).__name__,
-        "pooling": getattr(teacher, "pooling", None),
-        "normalize": getattr(teacher, "normalize", None),
-    }
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    for variable in teacher.weights:
-        value = np.ascontiguousarray(variable.numpy())
-        digest.update(f"{value.shape}{value.dtype}".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def _read_cache(path, fingerprint):
-    """The cached outputs if `path` holds them for `fingerprint`, else `None`."""
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            if str(cache["format"]) != _CACHE_FORMAT or str(cache["fingerprint"]) != fingerprint:
-                return None
-            return np.asarray(cache["outputs"], dtype=np.float32)
-    except (OSError, ValueError, KeyError):  # missing, truncated or foreign file
-        return None
-
-
-def _write_cache(path, outputs, fingerprint):
-    """Writes the `.npz` next to its final place, then renames it (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(
-                file,
-                outputs=outputs,
-                fingerprint=np.asarray(fingerprint),
-                format=np.asarray(_CACHE_FORMAT),
-            )
-        os.chmod(temporary, 0o644)  # mkstemp creates it owner-only
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def vocabulary_distillation_embeddings(
-    teacher, embedding_dim, batch_size=1024, progress=False, cache_path=None
-):
+def vocabulary_distillation_embeddings(token_outputs, embedding_dim, pad_token_id=0):
     """Token embeddings from the teacher's output on each token alone (Model2Vec).
 
-    Every token id `i` runs through the teacher as `[CLS] i [SEP]`
-    (`vocabulary_token_outputs`); the outputs are PCA-reduced to
-    `embedding_dim` (see `pca_project`) with the `[PAD]` row left out of the
-    fit and zeroed.
-
-    The forward passes (about a minute for a 30k vocabulary through
-    MiniLM-L6 on 2 CPU cores) can be cached: with `cache_path`, the raw
-    per-token outputs (before PCA, so one cache serves every
-    `embedding_dim`) are stored there as an `.npz` together with
-    `teacher_fingerprint(teacher)`, and reused when the fingerprint matches;
-    otherwise (missing, stale or unreadable file) they are recomputed and the
-    file is replaced atomically.
-
     Args:
-        teacher: a `Teacher` with a `preprocessor`, returning `[batch, dim]`.
+        token_outputs: float `[vocabulary_size, dim]`: row `i` is the
+            teacher's output for `[CLS] i [SEP]`
+            (`kd_keras.teacher_pass.vocabulary_outputs`, cached).
         embedding_dim: int. Width of the student's token embeddings.
-        batch_size: int. Tokens per forward pass.
-        progress: bool. Show a tqdm progress bar.
-        cache_path: `None`, or the path of the `.npz` cache file.
+        pad_token_id: int. The `[PAD]` row, left out of the PCA fit and zeroed.
 
     Returns:
-        float32 `np.ndarray` `[vocabulary_size, embedding_dim]`, the `[PAD]`
-        row all zeros.
+        float32 `np.ndarray` `[vocabulary_size, embedding_dim]` (see `pca_project`).
     """
-    outputs = None
-    if cache_path is not None:
-        cache_path = pathlib.Path(cache_path)
-        fingerprint = teacher_fingerprint(teacher)
-        outputs = _read_cache(cache_path, fingerprint)
-    if outputs is None:
-        outputs = vocabulary_token_outputs(teacher, batch_size=batch_size, progress=progress)
-        if cache_path is not None:
-            _write_cache(cache_path, outputs, fingerprint)
-    return pca_project(outputs, embedding_dim, exclude_rows=_pad_rows(teacher))
+    return pca_project(token_outputs, embedding_dim, exclude_rows=(int(pad_token_id),))
 
 
-def student_embeddings(init, teacher, embedding_dim, cache_path=None, progress=False):
+def student_embeddings(init, teacher, embedding_dim, token_outputs=None):
     """Initial token embeddings for a word-level student, by name.
 
     Args:
@@ -327,8 +159,8 @@ def student_embeddings(init, teacher, embedding_dim, cache_path=None, progress=F
             (`vocabulary_distillation_embeddings`).
         teacher: a `Teacher`; unused for `"random"`.
         embedding_dim: int. Width of the student's token embeddings.
-        cache_path: `None` or the `.npz` cache of `"vocab"` (ignored otherwise).
-        progress: bool. Progress bar for `"vocab"`.
+        token_outputs: for `"vocab"`, the teacher's per-token outputs
+            (`kd_keras.teacher_pass.vocabulary_outputs`).
 
     Returns:
         `None` for `"random"`, else a float32 `np.ndarray`
@@ -342,6 +174,9 @@ def student_embeddings(init, teacher, embedding_dim, cache_path=None, progress=F
         raise ValueError(f"`init={init!r}` needs a teacher.")
     if init == "teacher":
         return teacher_token_embeddings(teacher, embedding_dim)
-    return vocabulary_distillation_embeddings(
-        teacher, embedding_dim, progress=progress, cache_path=cache_path
-    )
+    if token_outputs is None:
+        raise ValueError(
+            "`init='vocab'` needs the teacher's per-token outputs: pass `token_outputs=` "
+            "(kd_keras.teacher_pass.vocabulary_outputs)."
+        )
+    return vocabulary_distillation_embeddings(token_outputs, embedding_dim, *_pad_rows(teacher))

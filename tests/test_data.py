@@ -1,11 +1,41 @@
-"""The STS-B reader and its errors."""
+"""The data folder, the readers and their errors."""
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
-from kd_keras.data import STSB_DIR, DataError, read_lines, read_stsb
+from kd_keras import data
+from kd_keras.data import DataError, data_dir, data_path, read_lines, read_sentences, read_stsb
+
+STSB_DIR = data_path("stsb")
+
+
+def test_data_folder_from_flag_environment_or_checkout(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    checkout_data = pathlib.Path(__file__).resolve().parents[1] / "data"
+    assert data_dir() == checkout_data  # running from a checkout
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert data_dir() == tmp_path
+    assert data_dir(str(checkout_data)) == checkout_data  # the flag wins
+    assert data_path("stsb", "x.csv", override=str(tmp_path)) == str(tmp_path / "stsb" / "x.csv")
+    with pytest.raises(DataError, match=r"missing.*given by --data-dir"):
+        data_dir(str(tmp_path / "missing"))
+    # An installed wheel: no checkout around the package, nothing given.
+    monkeypatch.delenv(data.DATA_ENV)
+    monkeypatch.setattr(data, "_CHECKOUT", tmp_path)
+    with pytest.raises(DataError, match=r"--data-dir.*KD_KERAS_DATA"):
+        data_dir()
+
+
+def test_read_sentences_blank_lines_bom_and_whole_lines(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_bytes("\ufeffone\ttab\r\n\n  two  \n".encode())
+    assert read_sentences(str(path)) == ["one", "two"]
+    assert read_sentences(str(path), column=None, keep_blank=True) == ["one\ttab", "", "  two  "]
+    with pytest.raises(DataError, match="is a folder"):
+        read_sentences(str(tmp_path))
 
 
 def test_shipped_stsb_splits_have_the_published_sizes():

@@ -1,4 +1,4 @@
-"""The teacher pass: length bucketing, output order, pairs, the on-disk cache."""
+"""The teacher pass: output order with length bucketing, pairs, the on-disk cache."""
 
 import keras
 import numpy as np
@@ -6,16 +6,8 @@ import pytest
 import tensorflow as tf
 
 from kd_keras import teacher_pass
-from kd_keras.teacher_pass import (
-    CacheError,
-    cache_teacher_outputs,
-    length_batches,
-    run_teacher,
-)
-from models.bert_encoder import BertEncoder
-from models.bert_tokenizer import BertPreprocessor
-from models.heads import bert_inputs
-from models.teachers import Teacher
+from kd_keras.models.heads import bert_inputs
+from kd_keras.teacher_pass import CacheError, cache_teacher_outputs, run_teacher
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
 SENTENCES = [" ".join("abcdefghij"[: (i * 7) % 10 + 1] * ((i % 5) + 1)) for i in range(37)] + [
@@ -26,18 +18,8 @@ SENTENCES = [" ".join("abcdefghij"[: (i * 7) % 10 + 1] * ((i % 5) + 1)) for i in
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    keras.utils.set_random_seed(0)
-    encoder = BertEncoder(
-        vocabulary_size=len(VOCAB),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=64,
-        dropout=0.0,
-    )
-    return Teacher(encoder, BertPreprocessor(VOCAB, sequence_length=64), normalize=True)
+def teacher(make_tiny_teacher):
+    return make_tiny_teacher(hidden_dim=8, intermediate_dim=16, sequence_length=64)
 
 
 def one_by_one(teacher, sentences, second=None):
@@ -75,20 +57,6 @@ def width_model():
 @pytest.fixture(scope="module")
 def expected(teacher):
     return one_by_one(teacher, SENTENCES)
-
-
-def test_length_batches_cover_every_row_once():
-    lengths = np.array([5, 1, 9, 3, 3, 7, 2])
-    batches = length_batches(lengths, 3)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(7))
-    assert [lengths[b].tolist() for b in batches] == [[1, 2, 3], [3, 5, 7], [9]]
-    assert [b.tolist() for b in length_batches(lengths, 3, bucketing=False)] == [
-        [0, 1, 2],
-        [3, 4, 5],
-        [6],
-    ]
-    with pytest.raises(ValueError):
-        length_batches(lengths, 0)
 
 
 def test_bucketed_outputs_in_input_order(teacher, expected):

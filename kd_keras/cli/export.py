@@ -1,0 +1,165 @@
+"""`kd-keras export`: write a raw-text SavedModel of a student or a teacher.
+
+Examples:
+
+```bash
+# The default teacher (all-MiniLM-L6-v2), in the students' format.
+kd-keras export --teacher default --out exports/teacher
+
+# A student saved with `kd_keras.serving.save_student` (its preprocessor is
+# read from the `student.preprocessor.json` sidecar).
+kd-keras export --student student.keras --out exports/student
+
+# A student whose tokenizer is the default teacher's, or a vocabulary.
+kd-keras export --student student.keras --preprocessor-from-teacher default --out DIR
+kd-keras export --student student.keras --vocabulary vocab.txt --sequence-length 64 --out DIR
+```
+
+Prints the export's kind, signatures and size on disk.
+"""
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser):
+    """Adds the `export` options to an `argparse` parser.
+
+    Args:
+        parser: `argparse.ArgumentParser`.
+    """
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--student",
+        metavar="MODEL.keras",
+        help="a student saved as .keras (or a whole saved Distiller: its student is exported)",
+    )
+    source.add_argument(
+        "--teacher",
+        metavar="SPEC",
+        help="a teacher to export in the same format: 'default' (all-MiniLM-L6-v2) or a path",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the SavedModel folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing export at --out"
+    )
+    tokenizer = parser.add_mutually_exclusive_group()
+    tokenizer.add_argument(
+        "--preprocessor",
+        metavar="JSON",
+        help="students: the preprocessor file (default: MODEL.preprocessor.json next to "
+        "MODEL.keras, written by kd_keras.serving.save_student)",
+    )
+    tokenizer.add_argument(
+        "--vocabulary",
+        metavar="VOCAB.txt",
+        help="students: build the tokenizer from a WordPiece vocabulary (see --cased)",
+    )
+    tokenizer.add_argument(
+        "--preprocessor-from-teacher",
+        metavar="SPEC",
+        help="students: use this teacher's tokenizer ('default' or a path)",
+    )
+    parser.add_argument(
+        "--sequence-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="maximum tokens per sentence, special tokens included (default: the "
+        "preprocessor's; 128 with --vocabulary)",
+    )
+    parser.add_argument(
+        "--cased",
+        action="store_true",
+        help="with --vocabulary: keep case and accents (default: lowercase, strip accents)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("auto", "encoder", "pair", "classifier"),
+        default="auto",
+        help="students: the model kind, which decides the signatures (default: auto)",
+    )
+    logits = parser.add_mutually_exclusive_group()
+    logits.add_argument(
+        "--from-logits",
+        dest="from_logits",
+        action="store_true",
+        default=None,
+        help="classifiers: the model returns logits (softmax is added)",
+    )
+    logits.add_argument(
+        "--no-from-logits",
+        dest="from_logits",
+        action="store_false",
+        help="classifiers: the model returns probabilities",
+    )
+
+
+def _student_only_options(args):
+    used = [
+        flag
+        for flag, value in (
+            ("--preprocessor", args.preprocessor),
+            ("--vocabulary", args.vocabulary),
+            ("--preprocessor-from-teacher", args.preprocessor_from_teacher),
+            ("--cased", args.cased),
+            ("--kind", None if args.kind == "auto" else args.kind),
+            ("--from-logits/--no-from-logits", args.from_logits),
+        )
+        if value not in (None, False)
+    ]
+    return used
+
+
+def _student_preprocessor(args):
+    """The preprocessor the options name, or `None` to read the sidecar."""
+    if args.vocabulary:
+        from kd_keras.models.bert_tokenizer import BertPreprocessor
+
+        return BertPreprocessor(
+            args.vocabulary,
+            sequence_length=args.sequence_length or 128,
+            lowercase=not args.cased,
+        )
+    if args.preprocessor_from_teacher:
+        from kd_keras.models.teachers import load_teacher
+
+        teacher = load_teacher(args.preprocessor_from_teacher)
+        if teacher.preprocessor is None:
+            raise ValueError(f"Teacher {args.preprocessor_from_teacher!r} has no preprocessor.")
+        return teacher.preprocessor
+    return args.preprocessor  # a path or None
+
+
+def run(args):
+    """Runs `kd-keras export`; bad inputs raise (the dispatcher reports them, exit 2)."""
+    if args.teacher is not None and _student_only_options(args):
+        raise ValueError(f"{', '.join(_student_only_options(args))} only apply to --student.")
+    if args.cased and not args.vocabulary:
+        raise ValueError("--cased only applies with --vocabulary.")
+
+    from kd_keras import serving
+    from kd_keras.storage import format_size
+
+    if args.teacher is not None:
+        result = serving.export_teacher(
+            args.teacher,
+            args.out,
+            sequence_length=args.sequence_length,
+            overwrite=args.overwrite,
+        )
+    else:
+        student, preprocessor = serving.load_student(
+            args.student, preprocessor=_student_preprocessor(args)
+        )
+        result = serving.export_student(
+            student,
+            args.out,
+            preprocessor=preprocessor,
+            kind=args.kind,
+            sequence_length=None if args.vocabulary else args.sequence_length,
+            from_logits=args.from_logits,
+            overwrite=args.overwrite,
+        )
+    print(result.summary())
+    print(f"size on disk: {result.size_bytes} bytes ({format_size(result.size_bytes)})")
+    return 0

@@ -1,0 +1,152 @@
+"""Progress for long steps: a bar on a terminal, plain periodic lines in a log.
+
+`progress_bar(total, description)` is a tqdm bar when standard error is a
+terminal and a `Lines` reporter otherwise, which prints one line every
+`interval` seconds (done, rate, time left) and one at the end, with no
+carriage returns. `training_progress` is the Keras callback of the training
+loops: it reports the epochs the user asked for, however many checkpoint
+chunks `fit` runs them in.
+"""
+
+import sys
+import time
+
+__all__ = ["Lines", "is_terminal", "log", "progress_bar", "training_progress"]
+
+
+def is_terminal(stream=None):
+    """Whether `stream` (standard error by default) is a terminal."""
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def log(message, prefix="kd-keras"):
+    """Prints `[prefix] message` to standard output, flushed."""
+    print(f"[{prefix}] {message}", flush=True)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+class Lines:
+    """A progress reporter for log files: one plain line every `interval` seconds.
+
+    Args:
+        total: int. Units to do.
+        description: str. What is being done.
+        unit: str. Name of a unit ("sent", "step").
+        interval: float. Seconds between lines.
+        stream: where the lines go (standard output by default).
+    """
+
+    def __init__(self, total, description, unit="it", interval=30.0, stream=None):
+        self.total, self.description, self.unit = int(total), description, unit
+        self.interval = float(interval)
+        self.stream = stream
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+        self.postfix = ""
+
+    def _line(self):
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(
+            f"[kd-keras] {self.description}: {self.done}/{self.total} {self.unit} "
+            f"({rate:.1f} {self.unit}/s, {_duration(left)} left){extra}",
+            file=self.stream or sys.stdout,
+            flush=True,
+        )
+
+    def update(self, n=1):
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval and self.done < self.total:
+            self.last = now
+            self._line()
+
+    def set_postfix_str(self, text):
+        self.postfix = text
+
+    def close(self):
+        self._line()
+
+
+def progress_bar(total, description, unit="it", enabled=True, interval=30.0):
+    """A tqdm bar on a terminal, `Lines` in a log file, or nothing (`enabled=False`).
+
+    Returns:
+        An object with `update(n)`, `set_postfix_str(text)` and `close()`.
+    """
+    if enabled and is_terminal():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=description, unit=unit, leave=False)
+    if enabled:
+        return Lines(total, description, unit, interval=interval)
+    return _Silent()
+
+
+class _Silent:
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, text):
+        pass
+
+    def close(self):
+        pass
+
+
+def training_progress(epochs, chunks_per_epoch, steps_per_chunk, enabled=True, interval=30.0):
+    """A Keras callback that reports `epochs` epochs run as `fit` chunks.
+
+    `fit` may run each epoch as `chunks_per_epoch` shorter Keras epochs (one
+    checkpoint each); this shows "epoch 2/4" where Keras would show
+    "Epoch 6/16": a bar per epoch on a terminal, periodic plain lines and one
+    line per epoch (losses and validation losses) in a log.
+
+    Args:
+        epochs: int. Epochs the user asked for.
+        chunks_per_epoch: int. Keras epochs per epoch.
+        steps_per_chunk: int. Steps of each Keras epoch.
+        enabled: bool. `False` reports nothing.
+        interval: float. Seconds between plain lines.
+    """
+    import keras
+
+    class _TrainingProgress(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.bar = None
+
+        def on_epoch_begin(self, chunk, logs=None):
+            # A new epoch, or the first chunk after a resume mid-epoch.
+            if enabled and (chunk % chunks_per_epoch == 0 or self.bar is None):
+                epoch = chunk // chunks_per_epoch + 1
+                chunks_left = chunks_per_epoch - chunk % chunks_per_epoch
+                self.bar = progress_bar(
+                    chunks_left * steps_per_chunk,
+                    f"epoch {epoch}/{epochs}",
+                    unit="step",
+                    interval=interval,
+                )
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.bar is not None:
+                self.bar.update(1)
+                if logs and "loss" in logs:
+                    self.bar.set_postfix_str(f"loss {float(logs['loss']):.4g}")
+
+        def on_epoch_end(self, chunk, logs=None):
+            if self.bar is None or (chunk + 1) % chunks_per_epoch:
+                return
+            self.bar.close()
+            self.bar = None
+            values = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
+            log(f"epoch {(chunk + 1) // chunks_per_epoch}/{epochs}: {values}")
+
+    return _TrainingProgress()

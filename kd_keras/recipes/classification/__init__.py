@@ -1,0 +1,21 @@
+"""The SST-2 recipe (`kd-keras distill-classifier`): a fine-tuned MiniLM into a BiLSTM.
+
+A recipe module has the same shape as every other (`kd_keras.recipes`):
+`Config` (a dataclass of settings), `HELP` and `CHOICES` (from which the
+command line's parser is built), `DESCRIPTION`, and `run(config)`. The steps
+are in `kd_keras.recipes.classification.job`.
+"""
+
+from kd_keras.recipes.classification.config import CHOICES, HELP, ClassificationConfig
+
+Config = ClassificationConfig
+DESCRIPTION = "Distill a fine-tuned text classifier into a BiLSTM (SST-2, Tang et al. 2019)."
+
+__all__ = ["CHOICES", "DESCRIPTION", "HELP", "ClassificationConfig", "Config", "run"]
+
+
+def run(config=None):
+    """Runs the recipe (`kd_keras.recipes.classification.job.run`); returns its metrics."""
+    from kd_keras.recipes.classification.job import run as run_job
+
+    return run_job(config)

@@ -1,0 +1,145 @@
+"""Settings of the sentence-pair recipe (`kd-keras distill`)."""
+
+import dataclasses
+import datetime
+import os
+import pathlib
+
+from kd_keras.recipes.config import ConfigError, check_bounds, check_config
+
+__all__ = ["CHOICES", "HELP", "DistillConfig"]
+
+CHOICES = {
+    "student": ("bilstm", "tiny_bert"),
+    "embedding_init": ("random", "teacher", "vocab"),
+    "lr_schedule": ("cosine", "constant"),
+    "objective": ("embedding", "score", "soft_label"),
+}
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Settings of a `kd-keras distill` run; the flags mirror the fields (`HELP`).
+
+    Data: `train`, `dev`, `test` default to the STS-B splits of the data
+    folder (`kd_keras.data.data_dir`); `unlabeled` to its SST-2 training
+    phrases (`"none"` for no unlabeled sentences).
+    """
+
+    teacher: str = "default"
+    data_dir: str = None
+    train: str = None
+    dev: str = None
+    test: str = None
+    format: str = None
+    sentence_a: str = "sentence1"
+    sentence_b: str = "sentence2"
+    score: str = "score"
+    max_score: float = 5.0
+    unlabeled: str = None
+    unlabeled_limit: int = 20000
+    augment: int = 1
+    repaired_pairs: int = 0
+    max_pairs: int = None
+    student: str = "bilstm"
+    embedding_dim: int = 256
+    hidden_dim: int = 128
+    embedding_skip: bool = True
+    bert_layers: int = 2
+    bert_intermediate_dim: int = None
+    embedding_init: str = "vocab"
+    objective: str = "embedding"
+    distillation_loss: str = None
+    alpha: float = 1.0
+    temperature: float = None
+    similarity_scale: float = 10.0
+    epochs: int = 4
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    lr_schedule: str = "constant"
+    sequence_length: int = 64
+    checkpoints_per_epoch: int = 4
+    seed: int = 0
+    output_dir: str = None
+    cache_dir: str = None
+    throughput_seconds: float = 10.0
+
+    def resolved(self):
+        """A copy with the default data files and folders filled in.
+
+        Data files default to the data folder's STS-B splits and SST-2
+        phrases; `output_dir` to `runs/<timestamp>` and `cache_dir` to
+        `runs/cache`, both under the current directory.
+        """
+        from kd_keras.data import data_path
+
+        c = dataclasses.replace(self)
+        for split, name in (
+            ("train", "sts-train.csv"),
+            ("dev", "sts-dev.csv"),
+            ("test", "sts-test.csv"),
+        ):
+            if getattr(c, split) is None:
+                setattr(c, split, data_path("stsb", name, override=c.data_dir))
+        if c.unlabeled is None:
+            c.unlabeled = data_path("sst2", "sentiment-train", override=c.data_dir)
+        if c.unlabeled == "none":
+            c.unlabeled = None
+        runs = pathlib.Path.cwd() / "runs"
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        c.output_dir = os.path.abspath(c.output_dir) if c.output_dir else str(runs / stamp)
+        c.cache_dir = os.path.abspath(c.cache_dir) if c.cache_dir else str(runs / "cache")
+        return c
+
+    def validate(self):
+        """Checks every setting; raises `ConfigError` naming the first bad one."""
+        check_config(self, CHOICES)
+        check_bounds(
+            self,
+            at_least=dict.fromkeys(("epochs", "batch_size", "checkpoints_per_epoch"), 1),
+            within={"alpha": (0.0, 1.0)},
+        )
+        if self.sequence_length < 3:
+            raise ConfigError("--sequence-length must leave room for [CLS], a token and [SEP].")
+
+
+HELP = {
+    "teacher": "'default' (offline all-MiniLM-L6-v2) or a checkpoint folder / .keras file",
+    "data_dir": "folder of the shipped data (default: $KD_KERAS_DATA, else the checkout's data/)",
+    "train": "training pairs (default: STS-B train of the data folder)",
+    "dev": "validation pairs (default: STS-B dev)",
+    "test": "test pairs for the report (default: STS-B test)",
+    "format": "data format: stsb, csv, tsv or jsonl (default: from the file)",
+    "sentence_a": "column / key of the first sentence (csv, tsv, jsonl)",
+    "sentence_b": "column / key of the second sentence",
+    "score": "column / key of the gold score",
+    "max_score": "largest gold score (scores are divided by it)",
+    "unlabeled": "extra unlabeled sentences, one per line ('none' to skip; default SST-2)",
+    "unlabeled_limit": "how many unlabeled sentences to sample",
+    "augment": "Tang et al. augmented variants per sentence",
+    "repaired_pairs": "random re-pairings of transfer sentences to add",
+    "max_pairs": "cap on transfer pairs (gold pairs kept first)",
+    "student": "bilstm or tiny_bert",
+    "embedding_dim": "BiLSTM token embedding width",
+    "hidden_dim": "BiLSTM units per direction",
+    "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
+    "bert_layers": "tiny-BERT layers (taken from the teacher's)",
+    "bert_intermediate_dim": "tiny-BERT feedforward units per layer (the teacher's strongest; "
+    "default: all)",
+    "embedding_init": "BiLSTM embeddings: random, teacher (PCA of the teacher's) or vocab",
+    "objective": "embedding, score or soft_label",
+    "distillation_loss": "override the objective's loss (a kd_keras.losses name)",
+    "alpha": "weight of the distillation term (1 - alpha weights the gold score)",
+    "temperature": "temperature of the soft_label losses",
+    "similarity_scale": "scale of the two-class similarity logits",
+    "epochs": "passes over the transfer set",
+    "batch_size": "pairs per step",
+    "learning_rate": "Adam learning rate (the peak, with --lr-schedule cosine)",
+    "lr_schedule": "cosine (decay to 0 over the run) or constant",
+    "sequence_length": "student's maximum tokens per sentence",
+    "checkpoints_per_epoch": "backups per epoch (what Ctrl-C can lose)",
+    "seed": "random seed",
+    "output_dir": "run folder (default runs/<timestamp>; an existing one resumes)",
+    "cache_dir": "teacher cache folder (default runs/cache)",
+    "throughput_seconds": "seconds of the CPU throughput measurement per model",
+}

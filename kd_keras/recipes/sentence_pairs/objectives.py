@@ -1,0 +1,138 @@
+"""Sentence-pair distillation: a siamese student trained on a teacher's embeddings.
+
+The teacher is run once over every sentence of the transfer set (cached); each
+training pair then carries the teacher's outputs, gathered from that table:
+
+- `embeddings` `[B, 2, D]`: both sentences' teacher embeddings;
+- `score` `[B, 1]`: the cosine of the two;
+- `logits` `[B, 2]`: the two-class (not similar, similar) form of the cosine,
+  `scale * [threshold - cos, cos - threshold]`
+  (`kd_keras.models.heads.similarity_logits`).
+
+The student's pair model (`kd_keras.models.heads.build_pair_model` with all
+three outputs) returns the same from its own embeddings, through the same
+`cosine_similarity` and `similarity_logits`, so every objective is a plain
+`kd_keras.losses` loss on one of them, mixed with the gold score through
+`alpha`:
+
+| objective | distillation loss on | default loss |
+|---|---|---|
+| `embedding` | `embeddings` | `LogitMSE` (MSE of the embeddings) |
+| `score` | `score` | `LogitMSE` (MSE of the cosines) |
+| `soft_label` | `logits` | `SoftTargetMSE(temperature)` (BERT-to-DSSM) or a KL |
+
+The gold term is `GoldScoreMSE` between the student's cosine and the gold
+score divided by `max_score`; unlabeled pairs carry NaN and are left out.
+"""
+
+import keras
+import tensorflow as tf
+
+from kd_keras import losses as kd_losses
+from kd_keras.losses import _scale_for_distribution
+from kd_keras.models.heads import build_pair_model, cosine_similarity, similarity_logits
+
+__all__ = [
+    "OBJECTIVES",
+    "GoldScoreMSE",
+    "objective_loss",
+    "pair_training_model",
+    "teacher_pair_outputs",
+]
+
+OBJECTIVES = {
+    "embedding": "embeddings",
+    "score": "score",
+    "soft_label": "logits",
+}
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class GoldScoreMSE(keras.losses.Loss):
+    """MSE between predicted and gold scores over the labeled pairs only.
+
+    Formula:
+
+    ```
+    sum_i w_i * (y_i / max_score - s_i)^2 / sum_i w_i,   w_i = 0 where y_i is NaN
+    ```
+
+    Args:
+        max_score: float. Gold scores are divided by it (5 for STS-B), so
+            that they compare with a cosine.
+        name: str.
+    """
+
+    def __init__(self, max_score=5.0, name="gold_score_mse"):
+        super().__init__(name=name, reduction="none", dtype="float32")
+        self.max_score = float(max_score)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
+        labeled = tf.math.is_finite(y_true)
+        weights = tf.cast(labeled, tf.float32)
+        if sample_weight is not None:
+            weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        target = tf.where(labeled, y_true / self.max_score, tf.zeros_like(y_true))
+        total = tf.reduce_sum(weights * tf.square(target - y_pred))
+        return _scale_for_distribution(tf.math.divide_no_nan(total, tf.reduce_sum(weights)))
+
+    def get_config(self):
+        return {"max_score": self.max_score, "name": self.name}
+
+
+def pair_training_model(encoder, scale=10.0, threshold=0.0, name="pair_student"):
+    """The student's pair model for training: one shared tower, the three outputs.
+
+    `build_pair_model(encoder, ("embeddings", "score", "logits"))`: inputs
+    `{"sentence_a": ..., "sentence_b": ...}`, outputs `embeddings` `[B, 2, D]`,
+    `score` `[B, 1]` and `logits` `[B, 2]`.
+    """
+    return build_pair_model(encoder, tuple(OBJECTIVES.values()), scale, threshold, name=name)
+
+
+def teacher_pair_outputs(embeddings, first, second, scale=10.0, threshold=0.0):
+    """The teacher's pair outputs gathered from its sentence-embedding table.
+
+    TensorFlow ops, so that it runs inside a `tf.data` pipeline as well as on
+    NumPy arrays.
+
+    Args:
+        embeddings: float `[N, D]` teacher embeddings of the transfer sentences.
+        first, second: int `[P]`, the pairs' sentence indices.
+        scale, threshold: float. Of the two-class logits (as the student's).
+
+    Returns:
+        dict of float32 tensors: `embeddings` `[P, 2, D]`, `score` `[P, 1]`,
+        `logits` `[P, 2]`.
+    """
+    embeddings = tf.cast(embeddings, tf.float32)
+    ea, eb = tf.gather(embeddings, first), tf.gather(embeddings, second)
+    cosine = cosine_similarity(ea, eb)
+    return {
+        "embeddings": tf.stack([ea, eb], axis=1),
+        "score": tf.reshape(cosine, [-1, 1]),
+        "logits": similarity_logits(cosine, scale, threshold),
+    }
+
+
+def objective_loss(objective, distillation_loss=None, temperature=None):
+    """`(distill_output, loss object)` for an objective name.
+
+    Args:
+        objective: `"embedding"`, `"score"` or `"soft_label"`.
+        distillation_loss: `None` for the objective's default, or a
+            `kd_keras.losses` name (e.g. `"forward_kl"` for `soft_label`).
+        temperature: float or `None`, for the temperature losses (an error
+            with `logit_mse`).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}.")
+    if distillation_loss is None:
+        distillation_loss = "soft_target_mse" if objective == "soft_label" else "logit_mse"
+    if objective != "soft_label" and distillation_loss != "logit_mse":
+        raise ValueError(f"The {objective!r} objective compares values with `logit_mse` only.")
+    # `kd_losses.get` owns the temperature rules: one given to a loss without
+    # a temperature is an error, never dropped.
+    return OBJECTIVES[objective], kd_losses.get(distillation_loss, temperature=temperature)

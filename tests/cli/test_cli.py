@@ -1,0 +1,91 @@
+"""The console script: one pattern for every subcommand, quiet, fast help; the quickstart."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kd_keras
+from kd_keras import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _python(code, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in cli.SUBCOMMANDS)])
+def test_help_never_imports_tensorflow(argv):
+    done = _python(
+        "import sys\n"
+        "from kd_keras.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'keras_hub') if m in sys.modules]\n"
+        "print('imported:', heavy)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "imported: []" in done.stdout
+    assert "usage: kd-keras" in done.stdout
+    assert done.stderr == ""
+
+
+def test_errors_are_one_line_with_exit_2_and_no_tensorflow_log_lines(tmp_path):
+    # `export --teacher` imports TensorFlow (and Keras) before it fails on the path.
+    argv = ["export", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
+    done = _python(f"import sys\nfrom kd_keras.cli import main\nsys.exit(main({argv!r}))")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("kd-keras export: error: Teacher not found")
+    # --verbose brings TensorFlow's own lines back.
+    loud = _python(
+        f"import sys\nfrom kd_keras.cli import main\nsys.exit(main({argv!r} + ['--verbose']))"
+    )
+    assert loud.returncode == 2
+    assert len(loud.stderr.splitlines()) > 1
+
+
+def test_every_subcommand_follows_one_pattern():
+    for name in cli.SUBCOMMANDS:
+        command = cli._subcommand(name)
+        assert callable(command.add_arguments) and callable(command.run), name
+
+
+def test_console_script_reports_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "kd_keras", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"kd-keras {kd_keras.__version__}"
+
+
+def test_quickstart_trains_and_reports_fit_metrics(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "quickstart", os.path.join(ROOT, "examples", "quickstart.py")
+    )
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    history = quickstart.main(["--pairs", "96", "--epochs", "2", "--batch-size", "32"])
+    logs = history.history
+    for key in ("loss", "student_loss", "distillation_loss", "pearson", "val_loss"):
+        assert key in logs and len(logs[key]) == 2 and all(np.isfinite(logs[key]))
+    # The total is the alpha mix of the two terms (alpha=0.5, no regularizers),
+    # up to the averaging over batches.
+    np.testing.assert_allclose(
+        logs["val_loss"],
+        0.5 * np.add(logs["val_student_loss"], logs["val_distillation_loss"]),
+        rtol=1e-4,
+    )
+    printed = capsys.readouterr().out
+    assert "metrics reported by fit()" in printed and "distillation_loss" in printed

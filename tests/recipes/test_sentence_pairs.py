@@ -1,0 +1,221 @@
+"""The sentence-pair recipe (`kd-keras distill`) end to end on a tiny random teacher."""
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_keras import cli, teacher_pass
+from kd_keras.batching import TRAIN_BUCKETS
+from kd_keras.data import data_path
+from kd_keras.evaluation import pearson, spearman
+from kd_keras.recipes import sentence_pairs
+from kd_keras.recipes.config import (
+    ConfigError,
+    add_config_arguments,
+    config_from_args,
+    load_config_file,
+)
+from kd_keras.recipes.sentence_pairs import training
+
+HEADER = "sentence1,sentence2,score\n"
+
+
+def slice_lines(src, dst, start, count):
+    with open(src, encoding="utf-8") as f:
+        lines = f.readlines()[start : start + count]
+    dst.write_text("".join(lines), encoding="utf-8")
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, make_tiny_teacher, minilm_vocabulary):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = make_tiny_teacher(minilm_vocabulary, num_layers=1, sequence_length=128)
+    teacher_path = root / "tiny_teacher.keras"
+    teacher.save(str(teacher_path))
+    files = {
+        "teacher": str(teacher_path),
+        "train": slice_lines(data_path("stsb", "sts-train.csv"), root / "train.tsv", 0, 240),
+        "dev": slice_lines(data_path("stsb", "sts-dev.csv"), root / "dev.tsv", 0, 60),
+        "test": slice_lines(data_path("stsb", "sts-test.csv"), root / "test.tsv", 0, 80),
+        "unlabeled": slice_lines(
+            data_path("sst2", "sentiment-train"), root / "unlabeled.txt", 0, 60
+        ),
+    }
+    return root, files
+
+
+def tiny_config(files, out, cache, **overrides):
+    settings = dict(
+        files,
+        unlabeled_limit=60,
+        augment=1,
+        repaired_pairs=20,
+        embedding_dim=16,
+        hidden_dim=8,
+        embedding_init="random",  # vocabulary distillation: tests/test_student_init.py
+        epochs=1,
+        batch_size=32,
+        checkpoints_per_epoch=2,
+        throughput_seconds=0.2,
+        output_dir=str(out),
+        cache_dir=str(cache),
+    )
+    settings.update(overrides)
+    return sentence_pairs.DistillConfig(**settings)
+
+
+def evaluate_export(path, test_file):
+    import tensorflow_text  # noqa: F401
+
+    from kd_keras.data import read_pairs
+
+    a, b, gold = read_pairs(test_file)
+    loaded = tf.saved_model.load(str(path))
+    scores = loaded.signatures["similarity"](sentence_a=tf.constant(a), sentence_b=tf.constant(b))[
+        "score"
+    ].numpy()
+    return 100 * spearman(scores, gold), 100 * pearson(scores, gold)
+
+
+@pytest.mark.slow
+def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setup, monkeypatch):
+    root, files = tiny_setup
+    out, cache = root / "run1", root / "cache"
+    metrics = sentence_pairs.run(tiny_config(files, out, cache), progress=False)
+
+    for name in (
+        "config.json",
+        "metrics.json",
+        "report.md",
+        "test_scores.json",
+        "training_curves.png",
+        "similarity_scatter.png",
+        "quality_vs_throughput.png",
+        "student/saved_model.pb",
+        "student.keras",
+        "student.preprocessor.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "backup").exists()  # removed once training finished
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["models"] == json.loads(json.dumps(metrics["models"]))
+
+    # The report's numbers are a fresh evaluation of the exported student.
+    student = on_disk["models"]["student"]
+    fresh_spearman, fresh_pearson = evaluate_export(out / "student", files["test"])
+    assert student["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)
+    assert student["pearson"] == pytest.approx(fresh_pearson, abs=1e-6)
+    teacher_spearman, _ = evaluate_export(on_disk["models"]["teacher"]["export"], files["test"])
+    assert on_disk["models"]["teacher"]["spearman"] == pytest.approx(teacher_spearman, abs=1e-6)
+    report = (out / "report.md").read_text()
+    assert f"| student | {fresh_spearman:.2f} | {fresh_pearson:.2f} |" in report
+    assert student["parameters"] < on_disk["models"]["teacher"]["parameters"] * 2
+    assert on_disk["data"]["labeled_pairs"] == 240
+    assert on_disk["data"]["transfer_pairs"] > 240
+    assert all(np.isfinite(on_disk["training"]["history"]["loss"]))
+
+    # A rerun with the same cache never runs the teacher over the data again.
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("the teacher pass should come from the cache")
+
+    monkeypatch.setattr(teacher_pass, "run_teacher", no_teacher_pass)
+    again = sentence_pairs.run(tiny_config(files, root / "run2", cache), progress=False)
+    assert again["models"]["teacher"]["spearman"] == pytest.approx(
+        on_disk["models"]["teacher"]["spearman"], abs=1e-9
+    )
+    assert again["data"] == on_disk["data"]
+
+
+def run_cli(argv, capsys):
+    code = cli.main(["distill", *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("sentence1,sentence2\na,b\n", r"bad.csv:1: missing column 'score'"),
+        (HEADER + "a,b,4\nc,d,high\n", r"bad.csv:3: score 'high' is not a number"),
+        ("", r"bad.csv: no sentence pairs found"),
+        (HEADER + "a,,3\n", r"bad.csv:2: empty sentence"),
+    ],
+)
+def test_bad_data_files_give_clear_errors(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content, encoding="utf-8")
+    code, err = run_cli(["--train", str(bad), "--output-dir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert str(bad) in err
+    assert re.search(message, err), err
+
+
+def test_config_file_mirrors_flags_and_flags_win(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("objective: score\nhidden-dim: 32\nalpha: 0.5\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    Config = sentence_pairs.DistillConfig
+    add_config_arguments(parser, Config, sentence_pairs.HELP, sentence_pairs.CHOICES)
+    args = parser.parse_args(["--config", str(config), "--alpha", "0.25", "--epochs", "2"])
+    c = config_from_args(Config, args)
+    assert (c.objective, c.hidden_dim, c.alpha, c.epochs) == ("score", 32, 0.25, 2)
+    json_config = tmp_path / "run.json"
+    json_config.write_text(json.dumps({"student": "tiny_bert", "typo_setting": 1}))
+    with pytest.raises(ConfigError, match="unknown setting 'typo_setting'"):
+        load_config_file(str(json_config), Config)
+    with pytest.raises(ConfigError, match="objective"):
+        Config(objective="cosine").validate()
+    # Config files follow the flags' types: a string is no number, nor a bool.
+    with pytest.raises(ConfigError, match=r"--epochs: expected int, got '1'"):
+        Config(epochs="1").validate()
+    with pytest.raises(ConfigError, match=r"--embedding-skip: expected bool"):
+        Config(embedding_skip="no").validate()
+    Config(alpha=1, learning_rate=1).validate()  # an int where a float goes is fine
+
+
+def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
+    from kd_keras.models.bert_tokenizer import BertPreprocessor, load_vocabulary
+    from kd_keras.models.bilstm import build_bilstm_encoder
+    from kd_keras.models.teachers import default_model_dir
+    from kd_keras.transfer import TransferSet
+
+    vocabulary = load_vocabulary(default_model_dir() / "vocab.txt")
+    preprocessor = BertPreprocessor(vocabulary, sequence_length=64)
+    rng = np.random.default_rng(0)
+    # Sentences of 1 to 40 words: token lengths spread over many buckets.
+    sentences = [" ".join(["word"] * int(n)) for n in rng.integers(1, 41, size=300)]
+    first, second = rng.integers(0, 300, size=(2, 500))
+    gold = np.arange(500, dtype=np.float32)  # distinct, to follow every pair
+    transfer = TransferSet(sentences, first, second, gold)
+    table = rng.normal(size=(300, 8)).astype(np.float32)
+    encoder = build_bilstm_encoder(len(vocabulary), embedding_dim=4, hidden_dim=2, output_dim=8)
+    c = sentence_pairs.DistillConfig(batch_size=16)
+    dev = (sentences[:5], sentences[5:10], np.zeros(5, np.float32))
+    train, _ = training.pair_datasets(c, transfer, (table, table[:10]), preprocessor, encoder, dev)
+
+    lengths = np.array([n + 2 for n in (len(s.split()) for s in sentences)])  # [CLS] ... [SEP]
+    bounds = np.array(TRAIN_BUCKETS)
+    seen = []
+    for _ in range(2):  # two passes: a new order each time, the same pairs
+        epoch = []
+        for x, y in train:
+            rows = y.numpy().astype(int)
+            epoch += rows.tolist()
+            assert len(rows) <= 16
+            for side, index in (("sentence_a", first[rows]), ("sentence_b", second[rows])):
+                ids = x["student"][side].numpy()
+                assert ids.shape[1] == lengths[index].max()  # padded to its own longest row
+                assert ((ids != 0).sum(axis=1) == lengths[index]).all()
+            pair_length = np.maximum(lengths[first[rows]], lengths[second[rows]])
+            assert len(set(np.searchsorted(bounds, pair_length, side="right"))) == 1
+            np.testing.assert_allclose(
+                x["teacher_outputs"]["embeddings"].numpy(),
+                np.stack([table[first[rows]], table[second[rows]]], axis=1),
+            )
+        assert sorted(epoch) == list(range(500))
+        seen.append(epoch)
+    assert seen[0] != seen[1]
