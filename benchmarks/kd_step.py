@@ -41,7 +41,10 @@ import statistics
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from kd_keras.cli import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # TensorFlow without its C++ start-up lines
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -79,7 +80,8 @@ def data_path(*parts, override=None):
 def read_lines(path):
     """Yields `(line_number, text)` for each line of a UTF-8 file, line end removed.
 
-    A UTF-8 byte-order mark at the start of the file is skipped.
+    A line ends with `\n`, `\r\n` or a lone `\r`; a UTF-8 byte-order mark at
+    the start of the file is skipped.
 
     Raises:
         DataError: the file is missing or a folder, or a line is not valid UTF-8.
@@ -88,21 +90,25 @@ def read_lines(path):
         raise DataError(f"{path}: is a folder, not a file")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
+    number = 0
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                    f"{e.start + 1}: {e.reason})"
-                ) from None
-            yield number, text.rstrip("\r\n")
+        for chunk in f:
+            if number == 0 and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+            # Line ends: "\n", "\r\n" and a lone "\r" (old Mac files).
+            for raw in chunk.rstrip(b"\n").removesuffix(b"\r").split(b"\r"):
+                number += 1
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1}: {e.reason})"
+                    ) from None
+                yield number, text
 
 
-def read_stsb(path, limit=None):
+def read_stsb(path, limit=None, max_score=5.0):
     """Reads an STS Benchmark file: `(sentences_a, sentences_b, scores)`.
 
     The format is tab-separated without a header or quoting: genre, file,
@@ -112,9 +118,10 @@ def read_stsb(path, limit=None):
     Args:
         path: str. E.g. `data_path("stsb", "sts-train.csv")`.
         limit: int or `None`. Read only the first `limit` pairs.
+        max_score: float. Scores must lie in `[0, max_score]`.
 
     Returns:
-        Two lists of str and a float32 array of gold scores in [0, 5].
+        Two lists of str and a float32 array of gold scores in [0, max_score].
 
     Raises:
         DataError: naming the file and line of a missing column, a score that
@@ -132,7 +139,7 @@ def read_stsb(path, limit=None):
                 f"{path}:{number}: expected at least 7 tab-separated columns "
                 f"(genre, file, year, id, score, sentence1, sentence2), found {len(columns)}"
             )
-        score = _check_score(path, number, columns[4], 5.0)
+        score = _check_score(path, number, columns[4], max_score)
         a, b = columns[5].strip(), columns[6].strip()
         if not a or not b:
             raise DataError(f"{path}:{number}: empty sentence")
@@ -204,7 +211,7 @@ def read_pairs(
     """
     format = format or _sniff_format(path)
     if format == "stsb":
-        return read_stsb(path, limit=limit)
+        return read_stsb(path, limit=limit, max_score=max_score)
     if format not in ("csv", "tsv", "jsonl"):
         raise ValueError(f"Unknown data format {format!r}; use stsb, csv, tsv or jsonl.")
     names = (sentence_a, sentence_b, score)
@@ -222,6 +229,8 @@ def read_pairs(
     else:
         lines = list(read_lines(path))
         text = io.StringIO("\n".join(line for _, line in lines))
+        # A sentence may be long: no field-size limit (Python's default is 131,072).
+        csv.field_size_limit(sys.maxsize)
         reader = csv.DictReader(text, delimiter="\t" if format == "tsv" else ",")
         if reader.fieldnames is None:
             raise DataError(f"{path}: no sentence pairs found")
@@ -239,7 +248,18 @@ def read_pairs(
         missing = [n for n in names if record.get(n) is None]
         if missing:
             raise DataError(f"{path}:{number}: missing column {missing[0]!r}")
-        a, b = str(record[sentence_a]).strip(), str(record[sentence_b]).strip()
+        for name in (sentence_a, sentence_b):
+            if not isinstance(record[name], str):
+                raise DataError(
+                    f"{path}:{number}: {name!r} must be a string, got "
+                    f"{type(record[name]).__name__} {record[name]!r:.60}"
+                )
+        if isinstance(record[score], (bool, list, dict)):
+            raise DataError(
+                f"{path}:{number}: {score!r} must be a number, got "
+                f"{type(record[score]).__name__} {record[score]!r:.60}"
+            )
+        a, b = record[sentence_a].strip(), record[sentence_b].strip()
         if not a or not b:
             raise DataError(f"{path}:{number}: empty sentence")
         scores.append(_check_score(path, number, record[score], max_score))

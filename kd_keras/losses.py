@@ -557,23 +557,17 @@ def get(identifier, temperature=None, **kwargs):
     Returns:
         A loss object (or the callable itself).
     """
-    if temperature is not None:
-        _check_temperature(temperature)
     if isinstance(identifier, str):
         if identifier not in _BY_NAME:
             raise ValueError(
                 f"Unknown distillation loss {identifier!r}; expected one of {sorted(_BY_NAME)} "
                 "or a loss object."
             )
-        cls = _BY_NAME[identifier]
-        if temperature is not None:
-            if cls is LogitMSE:
-                raise ValueError(f"{identifier!r} has no temperature; leave the temperature unset.")
-            kwargs["temperature"] = temperature
-        return cls(**kwargs)
-    if kwargs:
+        identifier = _BY_NAME[identifier](**kwargs)
+    elif kwargs:
         raise ValueError("Keyword arguments apply only to a loss given by name.")
     if temperature is not None:
+        _check_temperature(temperature)
         if not hasattr(identifier, "temperature") or isinstance(identifier, LogitMSE):
             raise ValueError(
                 f"{type(identifier).__name__} has no temperature; leave the temperature unset."

@@ -21,6 +21,7 @@ the scripts can use this module without TensorFlow.
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ __all__ = [
     "directory_size",
     "format_size",
     "read_arrays",
+    "remove_stale_temporaries",
     "save_npy_atomic",
     "write_arrays",
     "write_json_atomic",
@@ -61,8 +63,10 @@ _META_KEY = "__meta__"
 def atomic_path(path):
     """Yields a temporary path beside `path` to write; renames it to `path` on success.
 
-    The temporary name keeps the suffix (`.student.1a2b.tmp.keras`), for
-    writers that insist on one, such as `keras.Model.save`. The parent folder
+    The temporary name keeps the suffixes
+    (`.latest.weights.h5.tmp-PID-XXXX.weights.h5`), for writers that insist on
+    them, such as `keras.Model.save` and `save_weights`; leftovers of killed
+    writes (their process is gone) are removed first. The parent folder
     must exist. The file gets mode 0644; on any error it is removed and `path`
     is left as it was.
 
@@ -70,8 +74,10 @@ def atomic_path(path):
         `pathlib.Path` of the temporary file (created empty).
     """
     path = pathlib.Path(path)
+    remove_stale_temporaries(path)
+    _, dot, suffixes = path.name.partition(".")
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=f"{dot}{suffixes}", dir=path.parent
     )
     os.close(fd)
     try:
@@ -126,9 +132,12 @@ def atomic_directory(path, write, replace=False):
     """Runs `write(tmp_dir)`, then renames the temporary folder to `path`.
 
     The temporary folder is created beside `path` (same file system, so the
-    rename is atomic). An existing `path` is replaced only with `replace=True`:
-    it is first renamed aside and deleted once the new folder is in place; if
-    anything fails, the temporary folder is removed and `path` restored.
+    rename is atomic) and named after this process
+    (`.NAME.tmp-PID-XXXX`): leftovers of earlier attempts that were killed
+    (their process is gone) are removed first. An existing `path` is replaced
+    only with `replace=True`: it is first renamed aside and deleted once the
+    new folder is in place; if anything fails, the temporary folder is
+    removed and `path` restored.
 
     Args:
         path: the destination folder.
@@ -140,13 +149,14 @@ def atomic_directory(path, write, replace=False):
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         write(tmp)
         if path.exists() or path.is_symlink():
             if not replace:
                 raise FileExistsError(f"{path} already exists.")
-            backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            backup = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(path, backup)
             try:
                 os.rename(tmp, path)
@@ -160,6 +170,40 @@ def atomic_directory(path, write, replace=False):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path):
+    """Removes what killed writes of `path` left beside it.
+
+    Temporary files and folders of `atomic_path`, `atomic_file` and
+    `atomic_directory` (`.NAME.tmp-PID-*`, `.NAME.old-PID-*`) whose process no
+    longer runs; those of a live process (a write in progress) are kept.
+
+    Returns:
+        list of the removed paths.
+    """
+    path = pathlib.Path(path)
+    removed = []
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*-*-*"):
+        kind, _, rest = leftover.name[len(path.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _process_alive(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 # === Sizes ===

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -92,3 +93,57 @@ def test_missing_and_non_utf8_files(tmp_path):
     path.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.txt:2: not valid UTF-8"):
         list(read_lines(str(path)))
+
+
+def test_line_ends_bom_and_long_csv_fields(tmp_path):
+    from kd_keras.data import read_pairs
+
+    cr_only = tmp_path / "mac.txt"
+    cr_only.write_bytes(b"one\rtwo\rthree")
+    assert [t for _, t in read_lines(str(cr_only))] == ["one", "two", "three"]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes(b"a\r\nb\nc\rd\r")
+    assert [t for _, t in read_lines(str(mixed))] == ["a", "b", "c", "d"]
+
+    long_sentence = "word " * 40000  # 200,000 characters: over csv's default field limit
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text(
+        "\ufeffsentence1,sentence2,score\n" + f'"{long_sentence}",short,4\n', encoding="utf-8"
+    )  # with a byte-order mark, as spreadsheet programs write
+    a, b, scores = read_pairs(str(csv_path))
+    assert a == [long_sentence.strip()] and b == ["short"] and scores.tolist() == [4.0]
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"sentence1": "a", "sentence2": "b", "score": True}, "'score' must be a number, got bool"),
+        ({"sentence1": "a", "sentence2": "b", "score": [1]}, "'score' must be a number, got list"),
+        (
+            {"sentence1": ["a", "list"], "sentence2": "b", "score": 1},
+            "'sentence1' must be a string",
+        ),
+        (
+            {"sentence1": "a", "sentence2": 12345, "score": 1},
+            "'sentence2' must be a string, got int",
+        ),
+    ],
+)
+def test_json_lines_of_the_wrong_type_name_file_and_line(tmp_path, record, message):
+    import json
+
+    from kd_keras.data import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    good = {"sentence1": "x", "sentence2": "y", "score": 2.5}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"pairs\.jsonl:2: {re.escape(message)}"):
+        read_pairs(str(path))
+
+
+def test_stsb_scores_are_checked_against_max_score(tmp_path):
+    path = tmp_path / "sts.tsv"
+    path.write_text("g\tf\t2012\t1\t4.5\tA cat.\tA dog.\n", encoding="utf-8")
+    assert read_stsb(str(path))[2].tolist() == [4.5]
+    with pytest.raises(DataError, match=r"sts\.tsv:1: score 4\.5 is outside \[0, 3\]"):
+        read_stsb(str(path), max_score=3.0)

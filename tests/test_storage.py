@@ -114,3 +114,30 @@ def test_atomic_path_keeps_the_suffix_for_picky_writers(tmp_path):
         raise ValueError("interrupted")
     assert (tmp_path / "student.keras").read_text() == "model"
     assert os.listdir(tmp_path) == ["student.keras"]
+
+
+def test_leftovers_of_killed_writes_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead_pid = int(dead.stdout)
+    target = tmp_path / "export"
+    killed_dir = tmp_path / f".export.tmp-{dead_pid}-abcd"
+    killed_dir.mkdir()
+    (killed_dir / "big.bin").write_bytes(b"x" * 100)
+    killed_file = tmp_path / f".export.old-{dead_pid}-1234"
+    killed_file.write_text("old")
+    live = tmp_path / f".export.tmp-{os.getpid()}-efgh"  # a write in progress
+    live.mkdir()
+    other = tmp_path / ".exported.tmp-1-x"  # another target's name
+    other.mkdir()
+    atomic_directory(target, lambda d: (d / "f.txt").write_text("new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", live.name, other.name])
+    # Files written through `atomic_path` are cleaned the same way.
+    stale = tmp_path / f".c.npz.tmp-{dead_pid}-zz.npz"
+    stale.write_bytes(b"half")
+    write_arrays(tmp_path / "c.npz", {"a": np.zeros(1)})
+    assert not stale.exists()

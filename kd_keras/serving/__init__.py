@@ -31,6 +31,7 @@ from kd_keras.serving.text_model import (
     export_teacher,
     export_text_model,
     load_text_export,
+    verify_text_export,
 )
 
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "save_preprocessor",
     "save_student",
     "save_teacher_as_google_checkpoint",
+    "verify_text_export",
 ]

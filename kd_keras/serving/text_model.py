@@ -59,10 +59,12 @@ sidecar (`kd_keras.serving.student_files`).
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kd_keras.models.heads import cosine_similarity
@@ -87,6 +89,7 @@ __all__ = [
     "export_teacher",
     "export_text_model",
     "load_text_export",
+    "verify_text_export",
 ]
 
 EXPORT_FORMAT = "kd_keras.text_export.v1"
@@ -170,21 +173,33 @@ def _build_functions(model, preprocessor, kind, from_logits):
     def embed(sentences):
         return {"embedding": tf.cast(run(tower, sentences), tf.float32)}
 
+    def same_size(sentence_a, sentence_b):
+        # Pairs are row by row: batches of different sizes are an error that
+        # says so, never an opaque graph error or a silent broadcast (1 vs N).
+        return tf.debugging.assert_equal(
+            tf.shape(sentence_a)[0],
+            tf.shape(sentence_b)[0],
+            message="similarity: sentence_a and sentence_b must hold the same number of "
+            "sentences (one pair per row)",
+        )
+
     if kind == "pair":
 
         def similarity(sentence_a, sentence_b):
-            inputs = {
-                "sentence_a": feed(model.input["sentence_a"], pack(sentence_a)),
-                "sentence_b": feed(model.input["sentence_b"], pack(sentence_b)),
-            }
+            with tf.control_dependencies([same_size(sentence_a, sentence_b)]):
+                inputs = {
+                    "sentence_a": feed(model.input["sentence_a"], pack(sentence_a)),
+                    "sentence_b": feed(model.input["sentence_b"], pack(sentence_b)),
+                }
             score = single_output(model(inputs, training=False), "The pair model")
             return {"score": tf.reshape(tf.cast(score, tf.float32), [-1])}
 
     else:
 
         def similarity(sentence_a, sentence_b):
-            a = embed(sentence_a)["embedding"]
-            b = embed(sentence_b)["embedding"]
+            with tf.control_dependencies([same_size(sentence_a, sentence_b)]):
+                a = embed(sentence_a)["embedding"]
+                b = embed(sentence_b)["embedding"]
             return {"score": cosine_similarity(a, b)}
 
     embed_entry = (embed, [_sentences_spec("sentences")])
@@ -242,6 +257,17 @@ def _check_target(path, overwrite):
             f"Export target {path} is a non-empty folder without saved_model.pb; refusing to "
             "replace something that is not a SavedModel."
         )
+
+
+def _check_finite_weights(model):
+    """Refuses to export a model with a NaN or infinite weight (a diverged training)."""
+    for variable in model.weights:
+        value = variable.numpy()
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(
+                f"Model {model.name!r} has non-finite values in {variable.path}; refusing to "
+                "export it (did training diverge?)."
+            )
 
 
 def _write_saved_model(module, signatures, directory):
@@ -308,13 +334,13 @@ def export_text_model(
         model: a built functional `keras.Model` taking the token ids of
             `preprocessor` (`token_ids` alone, `0` = padding, or a dict with
             `token_ids` / `segment_ids` / `padding_mask`), or a pair model
-            taking `{"sentence_a": ..., "sentence_b": ...}` (or `first` /
-            `second`) of those.
+            taking `{"sentence_a": ..., "sentence_b": ...}` of those
+            (`kd_keras.models.heads.build_pair_model`).
         preprocessor: the `BertPreprocessor` whose ids the model was trained
             on.
         path: the SavedModel folder to write.
-        kind: `"auto"` (see `infer_model_kind`), `"encoder"`, `"pair"` or
-            `"classifier"`.
+        kind: `"auto"` (see `kd_keras.serving.model_kinds.infer_model_kind`),
+            `"encoder"`, `"pair"` or `"classifier"`.
         sequence_length: int or `None`. Maximum tokens per sentence (special
             tokens included); defaults to the preprocessor's.
         from_logits: classifiers only: whether the model returns logits
@@ -331,6 +357,7 @@ def export_text_model(
     check_preprocessor(preprocessor)
     preprocessor = _with_sequence_length(preprocessor, sequence_length)
     kind = check_exportable(model, kind)
+    _check_finite_weights(model)
     if kind == "classifier" and from_logits is None:
         from_logits = not ends_with(model, ("softmax", "sigmoid"))
 
@@ -343,8 +370,8 @@ def export_text_model(
         _write_saved_model(module, signatures, directory)
         (directory / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / METADATA_PATH, metadata)
+        _check_target(path, overwrite)  # again, before the rename: it may have appeared since
 
-    _check_target(path, overwrite)  # again: something may have appeared meanwhile
     atomic_directory(path, write, replace=overwrite)
     return ExportResult(
         path=path,
@@ -453,3 +480,36 @@ def load_text_export(path):
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
     return tf.saved_model.load(str(path))
+
+
+def verify_text_export(path):
+    """Checks that an export folder is whole: its graph parses, every variable reads.
+
+    Cheap beside a load (no graph is built), and enough to catch a folder
+    that a killed copy or a full disk left truncated.
+
+    Raises:
+        kd_keras.storage.CacheError: naming the folder and what is damaged.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from kd_keras.storage import CacheError
+
+    path = pathlib.Path(path)
+
+    def damaged(what):
+        return CacheError(f"Export {path} is damaged ({what}). Delete it to export again.")
+
+    try:
+        saved_model_pb2.SavedModel().ParseFromString((path / "saved_model.pb").read_bytes())
+        json.loads((path / METADATA_PATH).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise damaged(f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # protobuf's DecodeError
+        raise damaged(f"saved_model.pb: {type(e).__name__}") from None
+    try:
+        reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a short read
+        raise damaged(f"variables: {type(e).__name__}: {e}") from None

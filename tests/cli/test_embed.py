@@ -37,6 +37,9 @@ def test_read_sentences_keeps_line_numbers(tmp_path):
     path = tmp_path / "s.txt"
     path.write_bytes(b"one\n\nthree\r\nfour")
     assert read_sentences(path, column=None, keep_blank=True) == ["one", "", "three", "four"]
+    old_mac = tmp_path / "cr.txt"  # lone carriage returns end lines too
+    old_mac.write_bytes(b"one\rtwo\r\rfour\r")
+    assert read_sentences(old_mac, column=None, keep_blank=True) == ["one", "two", "", "four"]
 
 
 def test_missing_input_names_the_file(tmp_path, capsys):

@@ -219,3 +219,62 @@ def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
         assert sorted(epoch) == list(range(500))
         seen.append(epoch)
     assert seen[0] != seen[1]
+
+
+# === Refused before any expensive step, as one line with exit 2 ===
+
+
+def test_a_finished_run_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    code, err = run_cli(["--output-dir", str(out), "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == 2, err
+    assert "holds a finished run" in err and "--overwrite" in err
+    assert err.count("\n") == 1
+    assert (out / "metrics.json").read_text() == "{}"  # untouched
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--output-dir", "{file}"], "--output-dir {file} exists and is not a folder"),
+        (["--cache-dir", "{file}"], "--cache-dir {file} exists and is not a folder"),
+        (["--output-dir", "/proc/kd-keras-test/run"], "cannot be created"),
+        (["--learning-rate", "nan"], "--learning-rate must be positive; got nan"),
+        (["--max-score", "0"], "--max-score must be positive; got 0.0"),
+        (["--max-pairs", "-5"], "--max-pairs must be at least 1; got -5"),
+        (["--temperature", "0"], "--temperature must be positive; got 0.0"),
+        (["--temperature", "2"], "--objective embedding: LogitMSE has no temperature"),
+        (["--objective", "score", "--distillation-loss", "forward_kl"], "`logit_mse` only"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
+    file = tmp_path / "file"
+    file.write_text("not a folder")
+    argv = [a.format(file=file) for a in argv]
+    if "--output-dir" not in argv:
+        argv += ["--output-dir", str(tmp_path / "run")]
+    code, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert err.startswith("kd-keras distill: error: ") and message.format(file=file) in err
+    assert err.count("\n") == 1
+    assert file.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("epochs: '1'", "--epochs: expected int, got '1' (str)"),
+        ("epochs: 1.5", "--epochs: expected int, got 1.5 (float)"),
+        ("alpha: '0.5'", "--alpha: expected float, got '0.5' (str)"),
+        ("embedding_skip: 'no'", "--embedding-skip: expected bool, got 'no' (str)"),
+    ],
+)
+def test_config_files_follow_the_same_rules_as_flags(tmp_path, capsys, setting, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(setting + "\n", encoding="utf-8")
+    code, err = run_cli(["--config", str(config), "--output-dir", str(tmp_path / "run")], capsys)
+    assert code == 2, err
+    assert err == f"kd-keras distill: error: {message}\n"

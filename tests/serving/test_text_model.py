@@ -544,6 +544,50 @@ def test_failed_overwrite_keeps_the_old_export(pair_export, preprocessor, tmp_pa
     assert set(_load(target).signatures) == {"embed", "similarity", "serving_default"}
 
 
+def test_a_killed_export_leaves_nothing_the_next_one_keeps(preprocessor, tmp_path):
+    import subprocess
+    import sys
+
+    # What a SIGKILL half-way through an export leaves: the process is gone,
+    # its temporary folder (tens of MB) is not.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    leftover = tmp_path / f".served.tmp-{int(dead.stdout)}-x1y2"
+    (leftover / "variables").mkdir(parents=True)
+    (leftover / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * 1000)
+    serving.export_student(_zero_encoder(preprocessor), tmp_path / "served", preprocessor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_damaged_exports_are_named_and_pairs_must_match_row_by_row(pair_export, tmp_path):
+    import shutil
+
+    serving.verify_text_export(pair_export.path)  # whole
+    damaged = tmp_path / "damaged"
+    shutil.copytree(pair_export.path, damaged)
+    (data,) = (damaged / "variables").glob("variables.data-*")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(storage.CacheError, match=r"damaged.*Delete it"):
+        serving.verify_text_export(damaged)
+
+    similarity = _load(pair_export.path).signatures["similarity"]
+    for a, b in ((2, 3), (1, 3)):  # an opaque graph error, and a silent broadcast, before
+        with pytest.raises(tf.errors.InvalidArgumentError, match="same number of sentences"):
+            similarity(sentence_a=_strings(SENTENCES[:a]), sentence_b=_strings(SENTENCES[:b]))
+    score = similarity(sentence_a=_strings(SENTENCES[:2]), sentence_b=_strings(SENTENCES[:2]))
+    assert score["score"].shape == (2,)
+
+
+def test_a_model_with_non_finite_weights_is_never_exported(preprocessor, tmp_path):
+    model = _zero_encoder(preprocessor)
+    kernel = model.weights[0]
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    with pytest.raises(ValueError, match="non-finite values"):
+        serving.export_student(model, tmp_path / "nan", preprocessor)
+    assert not (tmp_path / "nan").exists()
+
+
 def test_clear_errors(distiller, preprocessor, tmp_path):
     student = distiller.student
     # A folder that is not a SavedModel is never replaced.

@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from kd_keras import Distiller, serving
 from kd_keras import losses as kd_losses
+from kd_keras.checkpoints import StopOnNonFiniteLoss
 from kd_keras.data import data_path
 from kd_keras.models import causal_lm
 from kd_keras.progress import log
@@ -192,7 +193,12 @@ def _train_teacher(c, run_dir, tokenizer, teacher_vocab, corpus, train):
         .batch(c.batch_size)
     )
     start = time.perf_counter()
-    teacher.fit(dataset, epochs=c.teacher_epochs, verbose=c.fit_verbose)
+    teacher.fit(
+        dataset,
+        epochs=c.teacher_epochs,
+        verbose=c.fit_verbose,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
     seconds = time.perf_counter() - start
     serving.save_causal_lm(teacher, teacher_dir, tokenizer=tokenizer)
     write_json_atomic(settings_path, settings)
@@ -229,7 +235,14 @@ def _train_student(objective, teacher, c, vocabulary_size, train):
     )
     keras.utils.set_random_seed(c.seed + 3)  # the same batch order for every objective
     start = time.perf_counter()
-    distiller.fit(x, y, batch_size=c.batch_size, epochs=c.student_epochs, verbose=c.fit_verbose)
+    distiller.fit(
+        x,
+        y,
+        batch_size=c.batch_size,
+        epochs=c.student_epochs,
+        verbose=c.fit_verbose,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
     return student, time.perf_counter() - start
 
 

@@ -55,6 +55,7 @@ import tensorflow as tf
 from kd_keras import Distiller
 from kd_keras import losses as kd_losses
 from kd_keras.batching import BucketedBatches
+from kd_keras.checkpoints import StopOnNonFiniteLoss
 from kd_keras.data import data_path, read_sst2
 from kd_keras.evaluation import throughput
 from kd_keras.models.classifier import build_bilstm_classifier
@@ -169,7 +170,12 @@ def _teacher_classifier(c, teacher, train_sentences, train_labels, cache_dir):
         metrics=["accuracy"],
     )
     start = time.perf_counter()
-    model.fit(batches.dataset(signature), epochs=c.teacher_epochs, verbose=c.fit_verbose)
+    model.fit(
+        batches.dataset(signature),
+        epochs=c.teacher_epochs,
+        verbose=c.fit_verbose,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
     seconds = time.perf_counter() - start
     with atomic_path(path) as tmp:
         model.save(str(tmp))
@@ -281,7 +287,12 @@ def _train_student(c, name, initializer, vocabulary_size, data, alpha, distillat
         },
         _ids_spec(None),
     )
-    distiller.fit(batches.dataset(signature), epochs=c.epochs, verbose=c.fit_verbose)
+    distiller.fit(
+        batches.dataset(signature),
+        epochs=c.epochs,
+        verbose=c.fit_verbose,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
     seconds = time.perf_counter() - start
     return student, {"train_examples": int(len(lengths)), "steps": steps, "train_seconds": seconds}
 

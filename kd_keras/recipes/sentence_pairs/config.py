@@ -62,6 +62,7 @@ class DistillConfig:
     seed: int = 0
     output_dir: str = None
     cache_dir: str = None
+    overwrite: bool = False
     throughput_seconds: float = 10.0
 
     def resolved(self):
@@ -96,11 +97,40 @@ class DistillConfig:
         check_config(self, CHOICES)
         check_bounds(
             self,
-            at_least=dict.fromkeys(("epochs", "batch_size", "checkpoints_per_epoch"), 1),
+            at_least={
+                **dict.fromkeys(_AT_LEAST_ONE, 1),
+                **dict.fromkeys(("unlabeled_limit", "augment", "repaired_pairs", "seed"), 0),
+                "sequence_length": 3,  # room for [CLS], a token and [SEP]
+            },
+            positive=(
+                "max_score",
+                "learning_rate",
+                "temperature",
+                "similarity_scale",
+                "throughput_seconds",
+            ),
             within={"alpha": (0.0, 1.0)},
         )
-        if self.sequence_length < 3:
-            raise ConfigError("--sequence-length must leave room for [CLS], a token and [SEP].")
+        # The objective's own rules (which loss, whether a temperature applies),
+        # checked now rather than after the teacher pass.
+        from kd_keras.recipes.sentence_pairs.objectives import objective_loss
+
+        try:
+            objective_loss(self.objective, self.distillation_loss, self.temperature)
+        except ValueError as e:
+            raise ConfigError(f"--objective {self.objective}: {e}") from None
+
+
+_AT_LEAST_ONE = (
+    "max_pairs",
+    "embedding_dim",
+    "hidden_dim",
+    "bert_layers",
+    "bert_intermediate_dim",
+    "epochs",
+    "batch_size",
+    "checkpoints_per_epoch",
+)
 
 
 HELP = {
@@ -139,7 +169,8 @@ HELP = {
     "sequence_length": "student's maximum tokens per sentence",
     "checkpoints_per_epoch": "backups per epoch (what Ctrl-C can lose)",
     "seed": "random seed",
-    "output_dir": "run folder (default runs/<timestamp>; an existing one resumes)",
+    "output_dir": "run folder (default runs/<timestamp>; an unfinished one resumes)",
     "cache_dir": "teacher cache folder (default runs/cache)",
+    "overwrite": "train again in an --output-dir that holds a finished run",
     "throughput_seconds": "seconds of the CPU throughput measurement per model",
 }

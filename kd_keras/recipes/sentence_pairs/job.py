@@ -21,10 +21,12 @@ cache, the vocabulary distillation and the teacher's export.
 """
 
 import dataclasses
+import os
 import pathlib
 import time
 
 from kd_keras.progress import log
+from kd_keras.recipes.config import ConfigError
 from kd_keras.recipes.sentence_pairs.config import DistillConfig
 from kd_keras.storage import digest, directory_size, write_json_atomic
 
@@ -36,6 +38,20 @@ def _log(message):
 
 
 # === Steps ===
+
+
+def _writable_folder(path, flag):
+    """Creates `path` if needed; a clear `ConfigError` if it is a file or not writable."""
+    folder = pathlib.Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {folder} cannot be created ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {folder} is not writable")
+    return folder.resolve()
 
 
 def _load_data(c):
@@ -121,6 +137,7 @@ def _train(c, out, transfer, tables, dev, encoder, preprocessor, progress):
     import keras
 
     from kd_keras import Distiller
+    from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
     from kd_keras.progress import training_progress
     from kd_keras.recipes.sentence_pairs.objectives import (
         GoldScoreMSE,
@@ -147,35 +164,61 @@ def _train(c, out, transfer, tables, dev, encoder, preprocessor, progress):
         alpha=c.alpha,
     )
     train_ds, val_ds = pair_datasets(c, transfer, tables, preprocessor, encoder, dev)
-    history = StepHistory()
+    curve = StepHistory()
+    backup = ResumableBackup(out / "backup", states={"step_loss": curve})
     _log(
         f"training {c.student} student ({encoder.count_params():,} parameters): "
         f"{c.epochs} epoch(s) of {steps} steps, checkpoint every {chunk} steps"
     )
+    done = backup.checkpoints()
+    if done:
+        _log(
+            f"resuming from the checkpoint after {done[-1]} of "
+            f"{c.epochs * c.checkpoints_per_epoch} parts ({done[-1] / c.checkpoints_per_epoch:g} "
+            "epochs)"
+        )
     # Each epoch runs as `checkpoints_per_epoch` Keras epochs of `chunk` steps
-    # over one endless stream, each ending with a backup; the progress the
-    # user sees counts the epochs asked for.
-    fit = distiller.fit(
+    # over one endless stream, each ending with an atomic checkpoint; the
+    # progress the user sees counts the epochs asked for. A non-finite loss
+    # stops the run before anything is saved.
+    distiller.fit(
         train_ds.repeat(),
         epochs=c.epochs * c.checkpoints_per_epoch,
         steps_per_epoch=chunk,
         validation_data=val_ds,
         callbacks=[
-            keras.callbacks.BackupAndRestore(str(out / "backup")),
-            history.callback,
+            StopOnNonFiniteLoss(),
+            backup,
+            curve.callback,
             training_progress(c.epochs, c.checkpoints_per_epoch, chunk, enabled=progress),
         ],
         verbose=0,
         shuffle=False,  # the dataset shuffles itself (Keras would warn that it ignores this)
     )
-    return fit.history, history.points
+    return backup.history, curve.points  # the whole run's, resumed parts included
 
 
-def _export_and_measure(c, out, cache, teacher, encoder, preprocessor, test):
-    """Saves and exports the student, exports the teacher (cached), measures both."""
+def _teacher_export(c, cache, teacher):
+    """The teacher as a raw-text SavedModel, exported once per teacher into the cache.
+
+    Done before training, so that a damaged cached export (a `CacheError`
+    naming it) stops the run before the expensive part, not after it.
+    """
+    from kd_keras.serving import export_teacher, verify_text_export
+
+    teacher_dir = cache / f"teacher-export-{digest(c.teacher, teacher.count_params())}"
+    if teacher_dir.exists():
+        verify_text_export(teacher_dir)
+    else:
+        export_teacher(teacher, teacher_dir)
+    return teacher_dir
+
+
+def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, test):
+    """Saves and exports the student, then measures it and the teacher's export."""
     from kd_keras.evaluation import evaluate_text_export_in_subprocess
     from kd_keras.models.heads import build_pair_model
-    from kd_keras.serving import export_teacher, export_text_model, save_student
+    from kd_keras.serving import export_text_model, save_student
 
     t0 = time.perf_counter()
     student_dir = out / "student"
@@ -187,9 +230,6 @@ def _export_and_measure(c, out, cache, teacher, encoder, preprocessor, test):
         kind="pair",
         overwrite=True,
     )
-    teacher_dir = cache / f"teacher-export-{digest(c.teacher, teacher.count_params())}"
-    if not (teacher_dir / "saved_model.pb").exists():
-        export_teacher(teacher, teacher_dir, overwrite=True)
     export_seconds = time.perf_counter() - t0
 
     speed_sentences = list(test[0]) + list(test[1])
@@ -259,9 +299,13 @@ def run(config=None, progress=True):
 
     c = (config or DistillConfig()).resolved()
     c.validate()
-    out, cache = pathlib.Path(c.output_dir), pathlib.Path(c.cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache.mkdir(parents=True, exist_ok=True)
+    out = _writable_folder(c.output_dir, "--output-dir")
+    cache = _writable_folder(c.cache_dir, "--cache-dir")
+    if (out / "metrics.json").exists() and not c.overwrite:
+        raise ConfigError(
+            f"--output-dir {out} holds a finished run (metrics.json); choose another folder, "
+            "or pass --overwrite to train again there"
+        )
     write_json_atomic(out / "config.json", dataclasses.asdict(c))
     timings, t_start = {}, time.perf_counter()
     keras.utils.set_random_seed(c.seed)
@@ -284,6 +328,7 @@ def run(config=None, progress=True):
     )
     t0 = time.perf_counter()
     tables = _teacher_tables(c, teacher, transfer, data["dev"], cache, progress)
+    teacher_dir = _teacher_export(c, cache, teacher)
     timings["teacher_pass_s"] = time.perf_counter() - t0
     _log(f"teacher pass: {timings['teacher_pass_s']:.0f} s (cached in {cache})")
 
@@ -299,7 +344,7 @@ def run(config=None, progress=True):
 
     t0 = time.perf_counter()
     models, timings["export_s"] = _export_and_measure(
-        c, out, cache, teacher, encoder, preprocessor, data["test"]
+        c, out, teacher_dir, teacher, encoder, preprocessor, data["test"]
     )
     timings["evaluation_s"] = time.perf_counter() - t0 - timings["export_s"]
     timings["total_s"] = time.perf_counter() - t_start

@@ -135,3 +135,11 @@ class StepHistory:
         self.window = []
         self.points = []
         self.callback = Callback()
+
+    def get_state(self):
+        """The curve so far, saved with each checkpoint (`ResumableBackup`)."""
+        return {"step": self.step, "window": self.window, "points": self.points}
+
+    def set_state(self, state):
+        self.step, self.window = state["step"], list(state["window"])
+        self.points = [tuple(p) for p in state["points"]]
