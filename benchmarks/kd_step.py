@@ -282,12 +282,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    T = args.temperature
-    # Five distillers trace the same Keras step function once each; TF would
-    # warn about "retracing" although no distiller retraces.
-    tf.get_logger().setLevel("ERROR")
+def _print_header(args):
     print("kd_keras.Distiller vs keras.distillation.Distiller: one logit-KD train step")
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores), load average {_load()}")
     print(
@@ -301,7 +296,8 @@ def main(argv=None):
     )
     print(
         f"objective (both): pure distillation, T^2 * mean KL(softmax(t/T) || softmax(s/T)), "
-        f"T={T:g}; SGD lr={args.learning_rate:g}; students start from identical weights"
+        f"T={args.temperature:g}; SGD lr={args.learning_rate:g}; "
+        "students start from identical weights"
     )
     print("  kd_keras: compile(distillation_loss='forward_kl', alpha=1.0, student_loss=None)")
     print(
@@ -309,6 +305,15 @@ def main(argv=None):
         "LogitsDistillation(T, loss=keras.losses.KLDivergence()))"
     )
     print()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    T = args.temperature
+    # Five distillers trace the same Keras step function once each; TF would
+    # warn about "retracing" although no distiller retraces.
+    tf.get_logger().setLevel("ERROR")
+    _print_header(args)
 
     teacher, student = make_models(seed=args.seed)
     x, y = make_batch(args.batch_size, seed=args.seed)

@@ -166,7 +166,7 @@ def benchmark(path, sentences, args):
     }
 
 
-def main(argv=None):
+def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher-export", type=pathlib.Path, help="teacher SavedModel folder")
     parser.add_argument("--student-export", type=pathlib.Path, help="student SavedModel folder")
@@ -195,7 +195,41 @@ def main(argv=None):
     ):
         if path is not None and not (path / "saved_model.pb").is_file():
             parser.error(f"{flag} {path}: not a SavedModel folder (no saved_model.pb).")
+    return args
 
+
+def _print_table(results, batch_size):
+    teacher, student = results["teacher"], results["student"]
+    print()
+    print(
+        f"{'model':<10}{'size':>12}{'batch-1 p50':>14}{'batch-1 p99':>14}"
+        f"{f'batch-{batch_size} sent/s':>20}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<10}{r['size'] / 2**20:>8.1f} MiB{r['p50']:>11.2f} ms{r['p99']:>11.2f} ms"
+            f"{r['throughput']:>20.1f}"
+        )
+    # How many times better the student is: teacher / student for size and
+    # latency, student / teacher for throughput.
+    print(
+        f"{'student x':<10}{teacher['size'] / student['size']:>11.1f}x"
+        f"{teacher['p50'] / student['p50']:>13.1f}x{teacher['p99'] / student['p99']:>13.1f}x"
+        f"{student['throughput'] / teacher['throughput']:>19.1f}x"
+    )
+    print("(student x = teacher/student for size and latency, student/teacher for throughput)")
+    print(
+        "calls: "
+        + "; ".join(
+            f"{name} {r['calls']} batch-1, {r['batches']} batch-{batch_size}"
+            for name, r in results.items()
+        )
+        + f". Load average {os.getloadavg()[0]:.2f} at end (other processes share these cores)."
+    )
+
+
+def main(argv=None):
+    args = _parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
@@ -230,33 +264,7 @@ def main(argv=None):
         else:
             tflite_check(*student_model, sentences, args.tflite_length, args.latency_calls)
 
-    teacher, student = results["teacher"], results["student"]
-    print()
-    print(
-        f"{'model':<10}{'size':>12}{'batch-1 p50':>14}{'batch-1 p99':>14}"
-        f"{f'batch-{args.batch_size} sent/s':>20}"
-    )
-    for name, r in results.items():
-        print(
-            f"{name:<10}{r['size'] / 2**20:>8.1f} MiB{r['p50']:>11.2f} ms{r['p99']:>11.2f} ms"
-            f"{r['throughput']:>20.1f}"
-        )
-    # How many times better the student is: teacher / student for size and
-    # latency, student / teacher for throughput.
-    print(
-        f"{'student x':<10}{teacher['size'] / student['size']:>11.1f}x"
-        f"{teacher['p50'] / student['p50']:>13.1f}x{teacher['p99'] / student['p99']:>13.1f}x"
-        f"{student['throughput'] / teacher['throughput']:>19.1f}x"
-    )
-    print("(student x = teacher/student for size and latency, student/teacher for throughput)")
-    print(
-        "calls: "
-        + "; ".join(
-            f"{name} {r['calls']} batch-1, {r['batches']} batch-{args.batch_size}"
-            for name, r in results.items()
-        )
-        + f". Load average {os.getloadavg()[0]:.2f} at end (other processes share these cores)."
-    )
+    _print_table(results, args.batch_size)
     return 0
 
 

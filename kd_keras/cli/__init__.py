@@ -15,7 +15,7 @@ input (a missing or malformed file, a bad setting), reported as one line
 Quiet by default: TensorFlow's C++ log lines and CUDA probe errors are held
 back (`TF_CPP_MIN_LOG_LEVEL=3`, set before TensorFlow is imported, and its
 start-up lines filtered); `--verbose` or `KD_KERAS_VERBOSE=1` brings them
-back.
+back, and shows the whole traceback of an error.
 """
 
 import argparse
@@ -151,7 +151,8 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    if not (args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")):
+    verbose = args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    if not verbose:
         quiet_tensorflow()
     try:
         return _subcommand(args.command).run(args) or 0
@@ -162,6 +163,8 @@ def main(argv=None):
         print(f"kd-keras {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except _error_types() as e:
+        if verbose:  # the whole traceback, for a bug report
+            raise
         print(f"kd-keras {args.command}: error: {e}", file=sys.stderr)
         return 2
 
