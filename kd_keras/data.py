@@ -13,6 +13,8 @@ per line) and `read_sst2` (`sentence<TAB>label`). A bad file stops with a
 """
 
 import csv
+import glob
+import gzip
 import io
 import json
 import os
@@ -25,7 +27,9 @@ __all__ = [
     "DATA_ENV",
     "DataError",
     "data_dir",
+    "corpus_files",
     "data_path",
+    "iter_corpus",
     "read_lines",
     "read_pairs",
     "read_sentences",
@@ -81,7 +85,7 @@ def read_lines(path):
     """Yields `(line_number, text)` for each line of a UTF-8 file, line end removed.
 
     A line ends with `\n`, `\r\n` or a lone `\r`; a UTF-8 byte-order mark at
-    the start of the file is skipped.
+    the start of the file is skipped. A `.gz` file is read through gzip.
 
     Raises:
         DataError: the file is missing or a folder, or a line is not valid UTF-8.
@@ -91,7 +95,8 @@ def read_lines(path):
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     number = 0
-    with open(path, "rb") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
         for chunk in f:
             if number == 0 and chunk.startswith(b"\xef\xbb\xbf"):
                 chunk = chunk[3:]
@@ -329,3 +334,54 @@ def read_sst2(path, limit=None):
     if not labels:
         raise DataError(f"{path}: no examples found")
     return sentences, np.asarray(labels, np.int32)
+
+
+def corpus_files(patterns):
+    """The files that paths and glob patterns name, in order, each once.
+
+    Raises:
+        DataError: a pattern that matches no file, a missing file or a folder.
+    """
+    files = []
+    for pattern in patterns:
+        pattern = str(pattern)
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise DataError(f"{pattern}: no file matches")
+        for path in matches:
+            if os.path.isdir(path):
+                raise DataError(f"{path}: is a folder, not a file")
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: no such file")
+            if path not in files:
+                files.append(path)
+    return files
+
+
+def iter_corpus(patterns, limit=None):
+    """Yields the sentences of text files, one per line, streaming (`.gz` too).
+
+    Lines are stripped; blank lines are skipped. At most `limit` sentences,
+    taken in file order.
+
+    Args:
+        patterns: paths or glob patterns (`corpus_files`).
+        limit: int or `None`.
+
+    Raises:
+        DataError: naming the file (and line): a missing file, a folder, a
+            line that is not UTF-8, or a file with no sentence at all.
+    """
+    count = 0
+    for path in corpus_files(patterns):
+        found = False
+        for _, line in read_lines(path):
+            if limit is not None and count >= limit:
+                return
+            text = line.strip()
+            if text:
+                found = True
+                count += 1
+                yield text
+        if not found:
+            raise DataError(f"{path}: no sentences found")

@@ -39,6 +39,7 @@ SUBCOMMANDS = {
         "kd_keras.recipes.causal_lm",
         "Distill a causal LM token by token (forward, reverse and skewed KL).",
     ),
+    "label": ("kd_keras.cli.label", "Label a corpus with a teacher: sharded, resumable."),
     "embed": ("kd_keras.cli.embed", "Write sentence embeddings of a text file to .npy."),
     "export": ("kd_keras.cli.export", "Export a student or a teacher as a raw-text SavedModel."),
 }

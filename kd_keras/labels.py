@@ -1,0 +1,282 @@
+"""The teacher over a large corpus: sharded, streaming, resumable labels on disk.
+
+`label_sentences(teacher, sentences, output_dir, ...)` reads the sentences
+shard by shard (`shard_size` at a time, never all in memory), runs the teacher
+over each (`kd_keras.teacher_pass.run_teacher`, length-bucketed within the
+shard) and writes the shard atomically as `shard-NNNNN.npz` (`kd_keras.storage`
+cache file: the sentences and their embeddings, with a checksum), then
+`manifest.json`:
+
+```
+{"format": "kd_keras.labels.v1", "complete": true,
+ "teacher": {"spec": ..., "fingerprint": ...}, "inputs": {"fingerprint": ..., ...},
+ "settings": {"shard_size": ..., "store": "float32", "batch_size": ...},
+ "rows": N, "dim": D,
+ "shards": [{"file": "shard-00000.npz", "rows": [0, 4096], "sha256": ...}, ...]}
+```
+
+A rerun with the same teacher, inputs and settings keeps every finished shard
+whose checksum verifies and labels only the rest, so a killed run (Ctrl-C or
+SIGKILL) loses at most the shard in progress and ends with the same output as
+an uninterrupted one; a shard that fails its checksum is labeled again (and
+said so), never used. Another teacher, other inputs or other settings make
+the folder stale: it is relabeled from the start.
+
+`label_files(teacher, patterns, ...)` labels text files (one sentence per
+line, `.gz` too, blank lines skipped; `kd_keras.data.iter_corpus`), keyed by
+the files' bytes. `read_labels(output_dir)` yields the verified shards back.
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import pathlib
+import time
+
+import numpy as np
+
+from kd_keras.progress import log, progress_bar
+from kd_keras.storage import CacheError, Fingerprint, read_arrays, write_arrays, write_json_atomic
+
+__all__ = [
+    "LABELS_FORMAT",
+    "MANIFEST",
+    "STORES",
+    "LabelResult",
+    "file_fingerprint",
+    "label_files",
+    "label_sentences",
+    "read_labels",
+    "read_manifest",
+]
+
+LABELS_FORMAT = "kd_keras.labels.v1"
+MANIFEST = "manifest.json"
+STORES = ("float32", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelResult:
+    """What a labeling run found and did.
+
+    Attributes:
+        directory: `pathlib.Path` of the output folder.
+        rows: int. Sentences labeled in all.
+        shards: int. Shard files.
+        reused: int. Shards kept from an earlier (interrupted) run.
+        seconds: float. Wall time of this call.
+    """
+
+    directory: pathlib.Path
+    rows: int
+    shards: int
+    reused: int
+    seconds: float
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(paths, **settings):
+    """A fingerprint of files' bytes (streamed) and of reading settings (a limit)."""
+    fingerprint = Fingerprint("kd_keras.labels.files.v1", settings)
+    for path in paths:
+        fingerprint.update(pathlib.Path(path).name).update(_sha256(path))
+    return fingerprint.hexdigest()
+
+
+def read_manifest(output_dir):
+    """The manifest of a labels folder, or `None` when it has none.
+
+    Raises:
+        CacheError: the manifest is not valid JSON or not of this format.
+    """
+    import json
+
+    path = pathlib.Path(output_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CacheError(f"{path} is damaged (not valid JSON). Delete it to label again.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != LABELS_FORMAT:
+        raise CacheError(f"{path} is not a kd-keras labels manifest. Delete it to label again.")
+    return manifest
+
+
+def _usable_shards(directory, manifest, key):
+    """`{index: entry}` of the finished shards of a matching manifest whose files verify."""
+    if manifest is None or manifest.get("key") != key:
+        return {}
+    usable = {}
+    for index, entry in enumerate(manifest.get("shards", [])):
+        path = directory / entry["file"]
+        if path.is_file() and _sha256(path) == entry["sha256"]:
+            usable[index] = entry
+        else:
+            log(f"labels: {path} is missing or fails its checksum; labeling it again")
+    return usable
+
+
+def label_sentences(
+    teacher,
+    sentences,
+    output_dir,
+    input_fingerprint,
+    shard_size=4096,
+    store="float32",
+    batch_size=64,
+    total=None,
+    teacher_spec=None,
+    inputs=None,
+    progress=True,
+):
+    """Labels an iterable of sentences into a sharded, resumable folder.
+
+    Args:
+        teacher: a `Teacher` with a preprocessor (or any model `run_teacher` takes).
+        sentences: an iterable of str, read once, in order.
+        output_dir: the labels folder (created).
+        input_fingerprint: str, what the sentences depend on (their files' bytes).
+        shard_size: int. Sentences per shard.
+        store: `"float32"` or `"float16"` (half the disk; read back as float32).
+        batch_size: int. Sentences per teacher batch.
+        total: int or `None`. The number of sentences, for progress only.
+        teacher_spec: str or `None`, recorded in the manifest.
+        inputs: JSON-able description of the inputs, recorded in the manifest.
+        progress: bool. Report progress (`kd_keras.progress`).
+
+    Returns:
+        A `LabelResult`.
+    """
+    from kd_keras.teacher_pass import run_teacher
+
+    if store not in STORES:
+        raise ValueError(f"`store` must be one of {STORES}; received {store!r}.")
+    if int(shard_size) < 1 or int(batch_size) < 1:
+        raise ValueError("`shard_size` and `batch_size` must be at least 1.")
+    start = time.perf_counter()
+    directory = pathlib.Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = {"shard_size": int(shard_size), "store": store, "batch_size": int(batch_size)}
+    teacher_key = Fingerprint("kd_keras.labels.teacher.v1").update_model(teacher).hexdigest()
+    key = Fingerprint(teacher_key, input_fingerprint, settings).hexdigest()
+    usable = _usable_shards(directory, read_manifest(directory), key)
+    manifest = {
+        "format": LABELS_FORMAT,
+        "complete": False,
+        "key": key,
+        "teacher": {"spec": teacher_spec, "fingerprint": teacher_key},
+        "inputs": {"fingerprint": input_fingerprint, "description": inputs},
+        "settings": settings,
+        "rows": 0,
+        "dim": None,
+        "shards": [],
+    }
+    bar = progress_bar(total or 0, "labels", unit="sent", enabled=progress)
+    iterator = iter(sentences)
+    index = 0
+    while True:
+        chunk = list(itertools.islice(iterator, shard_size))
+        if not chunk:
+            break
+        entry = usable.get(index)
+        if entry is None or entry["rows"] != [manifest["rows"], manifest["rows"] + len(chunk)]:
+            entry = _write_shard(directory, index, chunk, teacher, run_teacher, settings, manifest)
+        else:
+            manifest["dim"] = manifest["dim"] or entry.get("dim")
+        manifest["shards"].append(entry)
+        manifest["rows"] += len(chunk)
+        write_json_atomic(directory / MANIFEST, manifest)  # progress survives a kill
+        bar.update(len(chunk))
+        index += 1
+    bar.close()
+    if not manifest["shards"]:
+        raise ValueError("No sentences to label.")
+    for stale in directory.glob("shard-*.npz"):
+        if stale.name not in {e["file"] for e in manifest["shards"]}:
+            stale.unlink()  # shards of an older, longer run
+    manifest["complete"] = True
+    write_json_atomic(directory / MANIFEST, manifest)
+    reused = sum(1 for i, e in enumerate(manifest["shards"]) if usable.get(i) is e)
+    return LabelResult(
+        directory, manifest["rows"], len(manifest["shards"]), reused, time.perf_counter() - start
+    )
+
+
+def _write_shard(directory, index, chunk, teacher, run_teacher, settings, manifest):
+    embeddings = run_teacher(teacher, chunk, batch_size=settings["batch_size"])
+    embeddings = np.asarray(embeddings).astype(settings["store"])
+    name = f"shard-{index:05d}.npz"
+    rows = [manifest["rows"], manifest["rows"] + len(chunk)]
+    write_arrays(directory / name, {**_encode(chunk), "embeddings": embeddings}, {"rows": rows})
+    manifest["dim"] = int(embeddings.shape[-1])
+    return {"file": name, "rows": rows, "dim": manifest["dim"], "sha256": _sha256(directory / name)}
+
+
+def _encode(sentences):
+    """Sentences as UTF-8 bytes and offsets (a fixed-width string array would pad
+    every row to the longest sentence)."""
+    encoded = [s.encode("utf-8") for s in sentences]
+    offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+    return {"text": np.frombuffer(b"".join(encoded), dtype=np.uint8), "offsets": offsets}
+
+
+def _decode(text, offsets):
+    data = text.tobytes()
+    return [data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def label_files(teacher, patterns, output_dir, limit=None, **kwargs):
+    """Labels text files (one sentence per line, `.gz` too) into `output_dir`.
+
+    The input fingerprint is the files' bytes and `limit`; see `label_sentences`
+    for the rest of the arguments.
+
+    Args:
+        teacher: the teacher.
+        patterns: paths or glob patterns (`kd_keras.data.corpus_files`).
+        output_dir: the labels folder.
+        limit: int or `None`. At most this many sentences, in file order.
+        **kwargs: passed to `label_sentences`.
+    """
+    from kd_keras.data import corpus_files, iter_corpus
+
+    files = corpus_files(patterns)
+    fingerprint = file_fingerprint(files, limit=limit)
+    total = sum(1 for _ in iter_corpus(files, limit)) if kwargs.get("progress", True) else None
+    description = {"files": [str(f) for f in files], "limit": limit}
+    return label_sentences(
+        teacher,
+        iter_corpus(files, limit),
+        output_dir,
+        fingerprint,
+        total=total,
+        inputs=description,
+        **kwargs,
+    )
+
+
+def read_labels(output_dir):
+    """Yields `(sentences, float32 embeddings)` shard by shard, each verified.
+
+    Raises:
+        CacheError: the folder is unfinished or a shard fails its checksum.
+    """
+    directory = pathlib.Path(output_dir)
+    manifest = read_manifest(directory)
+    if manifest is None or not manifest.get("complete"):
+        raise CacheError(f"{directory} holds no finished labels (rerun the labeling to finish it).")
+    for entry in manifest["shards"]:
+        path = directory / entry["file"]
+        if not path.is_file() or _sha256(path) != entry["sha256"]:
+            raise CacheError(f"{path} is missing or fails its checksum. Label the folder again.")
+        _, arrays = read_arrays(path)
+        sentences = _decode(arrays["text"], arrays["offsets"])
+        yield sentences, arrays["embeddings"].astype(np.float32)
