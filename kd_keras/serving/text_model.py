@@ -293,7 +293,8 @@ def _metadata(model, preprocessor, kind, signatures, default, from_logits):
     for name, function in signatures.items():
         structured = function.structured_outputs
         outputs[name] = {
-            "inputs": [spec.name for spec in function.structured_input_signature[1].values()],
+            # The specs are positional (`input_signature`): flatten args and kwargs.
+            "inputs": [spec.name for spec in tf.nest.flatten(function.structured_input_signature)],
             "outputs": {
                 key: {"dtype": value.dtype.name, "shape": value.shape.as_list()}
                 for key, value in structured.items()

@@ -178,6 +178,8 @@ def test_pair_export_signatures_and_metadata(pair_export):
     assert metadata["format"] == serving.EXPORT_FORMAT
     assert metadata["kind"] == "pair"
     assert metadata["serving_default"] == "similarity"
+    assert metadata["signatures"]["similarity"]["inputs"] == ["sentence_a", "sentence_b"]
+    assert metadata["signatures"]["embed"]["inputs"] == ["sentences"]
     assert metadata["tokenizer"]["sequence_length"] == SEQUENCE_LENGTH
     assert metadata["tokenizer"]["vocabulary_size"] == 30522
 
