@@ -198,6 +198,7 @@ def _train_teacher(c, run_dir, tokenizer, teacher_vocab, corpus, train):
         epochs=c.teacher_epochs,
         verbose=c.fit_verbose,
         callbacks=[StopOnNonFiniteLoss()],
+        shuffle=False,  # the dataset shuffles itself (Keras would warn that it ignores this)
     )
     seconds = time.perf_counter() - start
     serving.save_causal_lm(teacher, teacher_dir, tokenizer=tokenizer)

@@ -175,6 +175,7 @@ def _teacher_classifier(c, teacher, train_sentences, train_labels, cache_dir):
         epochs=c.teacher_epochs,
         verbose=c.fit_verbose,
         callbacks=[StopOnNonFiniteLoss()],
+        shuffle=False,  # the batches shuffle themselves (Keras would warn that it ignores this)
     )
     seconds = time.perf_counter() - start
     with atomic_path(path) as tmp:
@@ -292,6 +293,7 @@ def _train_student(c, name, initializer, vocabulary_size, data, alpha, distillat
         epochs=c.epochs,
         verbose=c.fit_verbose,
         callbacks=[StopOnNonFiniteLoss()],
+        shuffle=False,  # the batches shuffle themselves (Keras would warn that it ignores this)
     )
     seconds = time.perf_counter() - start
     return student, {"train_examples": int(len(lengths)), "steps": steps, "train_seconds": seconds}
