@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kd_keras  # noqa: E402
+from kd_keras.evaluation import cpu_description  # noqa: E402
 
 FEATURES = 32
 CLASSES = 10
@@ -249,17 +250,6 @@ def time_train_steps(distillers, x, y, steps, warmup):
 # === Report ===
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _load():
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -284,7 +274,7 @@ def parse_args(argv=None):
 
 def _print_header(args):
     print("kd_keras.Distiller vs keras.distillation.Distiller: one logit-KD train step")
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores), load average {_load()}")
+    print(f"CPU: {cpu_description()}, load average {_load()}")
     print(
         f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}, NumPy {np.__version__}, kd_keras {kd_keras.__version__}, "

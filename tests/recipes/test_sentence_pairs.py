@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from kd_keras import cli, teacher_pass
 from kd_keras.batching import TRAIN_BUCKETS
-from kd_keras.data import data_path
+from kd_keras.data import DataError, data_path
 from kd_keras.evaluation import pearson, spearman
 from kd_keras.recipes import sentence_pairs
 from kd_keras.recipes.config import (
@@ -278,3 +278,25 @@ def test_config_files_follow_the_same_rules_as_flags(tmp_path, capsys, setting, 
     code, err = run_cli(["--config", str(config), "--output-dir", str(tmp_path / "run")], capsys)
     assert code == 2, err
     assert err == f"kd-keras distill: error: {message}\n"
+
+
+def test_unlabeled_sentences_from_several_files_globs_and_gz(tmp_path):
+    import gzip
+
+    from kd_keras.recipes.sentence_pairs import job
+
+    (tmp_path / "a.txt").write_text("one\ntwo\tlabel 1\n\n", encoding="utf-8")
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("three\nfour\n")
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(b"five\n"))
+    config = sentence_pairs.DistillConfig(
+        unlabeled=f"{tmp_path / 'a.txt'}, {tmp_path / '*.gz'}", unlabeled_limit=100
+    ).resolved()
+    _, unlabeled = job._load_data(config)
+    assert sorted(unlabeled) == ["five", "four", "one", "three", "two"]
+    config.unlabeled_limit = 2
+    _, sample = job._load_data(config)
+    assert len(sample) == 2 and set(sample) <= set(unlabeled)
+    config.unlabeled = str(tmp_path / "*.csv")
+    with pytest.raises(DataError, match="no file matches"):
+        job._load_data(config)

@@ -144,8 +144,10 @@ HELP = {
     "sentence_b": "column / key of the second sentence",
     "score": "column / key of the gold score",
     "max_score": "largest gold score (scores are divided by it)",
-    "unlabeled": "extra unlabeled sentences, one per line ('none' to skip; default SST-2)",
-    "unlabeled_limit": "how many unlabeled sentences to sample",
+    "unlabeled": "extra unlabeled sentences, one per line (its first tab-separated field): files "
+    "or globs, comma-separated, plain or .gz, e.g. 'data/transfer-en/*.txt.gz' ('none' to skip; "
+    "default SST-2)",
+    "unlabeled_limit": "how many unlabeled sentences to sample (at random, seeded) from them all",
     "augment": "Tang et al. augmented variants per sentence",
     "repaired_pairs": "random re-pairings of transfer sentences to add",
     "max_pairs": "cap on transfer pairs (gold pairs kept first)",

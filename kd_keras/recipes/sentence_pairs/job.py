@@ -58,7 +58,7 @@ def _load_data(c):
     """`({split: (a, b, scores)}, unlabeled sentences)`."""
     import numpy as np
 
-    from kd_keras.data import read_pairs, read_sentences
+    from kd_keras.data import corpus_files, read_pairs, read_sentences
 
     kwargs = dict(
         format=c.format,
@@ -70,7 +70,10 @@ def _load_data(c):
     data = {split: read_pairs(getattr(c, split), **kwargs) for split in ("train", "dev", "test")}
     unlabeled = []
     if c.unlabeled and c.unlabeled_limit:
-        unlabeled = read_sentences(c.unlabeled)
+        # Several files or globs, comma-separated, plain or .gz; the first
+        # tab-separated field of each line (a plain line is all of it).
+        files = corpus_files(p.strip() for p in c.unlabeled.split(",") if p.strip())
+        unlabeled = [s for path in files for s in read_sentences(path)]
         order = np.random.default_rng(c.seed).permutation(len(unlabeled))[: c.unlabeled_limit]
         unlabeled = [unlabeled[i] for i in order]
     return data, unlabeled
