@@ -24,6 +24,11 @@ norms, softmax and GELU are left out (< 2%).
 .venv/bin/python benchmarks/teacher_pass.py            # 3000 sentences, ~2-3 min
 .venv/bin/python benchmarks/teacher_pass.py --limit 0  # all 11498 (~8 min)
 ```
+
+With the `reference` extra installed (`pip install -e '.[reference]'`: torch from the
+local wheel, sentence-transformers), it also runs sentence-transformers on torch over
+the same sentences in the same process and prints its speed and our ratio to it;
+without it, it says so.
 """
 
 import argparse
@@ -92,9 +97,10 @@ def run_setting(teacher, sentences, ids, name, batch_size, bucketing, pad_to, ji
     run_teacher(teacher, sentences[:batch_size], **options)  # warm-up: trace the forward pass
     start = time.perf_counter()
     # Timed end to end: tokenization, batching, the model, reordering.
-    run_teacher(teacher, sentences, progress=True, **options)
+    outputs = run_teacher(teacher, sentences, progress=True, **options)
     seconds = time.perf_counter() - start
     return {
+        "outputs": outputs,
         "setting": name,
         "sentences": len(sentences),
         "seconds": seconds,
@@ -105,7 +111,38 @@ def run_setting(teacher, sentences, ids, name, batch_size, bucketing, pad_to, ji
     }
 
 
-def main(argv=None):
+def reference_pass(sentences, batch_size, ours):
+    """sentence-transformers on torch over the same sentences, if the `reference` extra is in.
+
+    Returns `(row or None, message)`: sentences per second (encode end to end,
+    after a warm-up batch) and the largest difference from `ours`.
+    """
+    try:
+        import sentence_transformers
+        import torch
+    except ImportError:
+        return None, (
+            "sentence-transformers on torch: not installed (pip install -e '.[reference]'); "
+            "no side-by-side row"
+        )
+    from kd_keras.models.teachers import default_model_dir
+
+    model = sentence_transformers.SentenceTransformer(str(default_model_dir()), device="cpu")
+    model.encode(sentences[:batch_size], batch_size=batch_size)  # warm-up
+    start = time.perf_counter()
+    theirs = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True)
+    seconds = time.perf_counter() - start
+    row = {"setting": "sentence-transformers (torch)", "sentences": len(sentences)}
+    row.update(seconds=seconds, sent_per_s=len(sentences) / seconds)
+    diff = float(np.abs(np.asarray(theirs) - ours).max())
+    return row, (
+        f"sentence-transformers {sentence_transformers.__version__} on torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), same sentences, batch "
+        f"{batch_size}: max abs difference from ours {diff:.1e}"
+    )
+
+
+def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data", default=None, help="STS-B sts-train.csv (default: the data folder's)"
@@ -116,7 +153,34 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--xla", action="store_true", help="also time jit_compile=True")
     parser.add_argument("--flops-per-cycle", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _print_rows(rows, flops_per_cycle):
+    peak, peak_text = cpu_peak_flops(flops_per_cycle)
+    matmul = measured_matmul_flops()
+    print(f"theoretical peak: {peak / 1e9:.0f} GFLOP/s ({peak_text})")
+    print(f"measured peak:    {matmul / 1e9:.0f} GFLOP/s (2048x2048 float32 matmul)")
+    print()
+    header = (
+        f"{'setting':<30} {'sent/s':>8} {'time s':>7} {'padding':>8} "
+        f"{'GFLOP/s exec':>13} {'GFLOP/s useful':>15} {'% peak':>7} {'% matmul':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "gflops_executed" not in r:  # the reference: speed only
+            print(f"{r['setting']:<30} {r['sent_per_s']:>8.1f} {r['seconds']:>7.1f}")
+            continue
+        print(
+            f"{r['setting']:<30} {r['sent_per_s']:>8.1f} {r['seconds']:>7.1f} "
+            f"{r['padding']:>7.0%} {r['gflops_executed']:>13.1f} {r['gflops_useful']:>15.1f} "
+            f"{r['gflops_executed'] * 1e9 / peak:>7.0%} {r['gflops_executed'] * 1e9 / matmul:>9.0%}"
+        )
+
+
+def main(argv=None):
+    args = _parse_args(argv)
 
     import tensorflow as tf
 
@@ -148,8 +212,7 @@ def main(argv=None):
         run_setting(teacher, sentences, ids, name, args.batch_size, bucketing, pad_to, jit, config)
         for name, bucketing, pad_to, jit in settings
     ]
-    peak, peak_text = cpu_peak_flops(args.flops_per_cycle)
-    matmul = measured_matmul_flops()
+    reference, reference_text = reference_pass(sentences, args.batch_size, rows[0]["outputs"])
 
     lengths = ids.row_lengths().numpy() + 2
     print()
@@ -158,23 +221,13 @@ def main(argv=None):
         f"batch {args.batch_size}, tokens/sentence mean {lengths.mean():.1f} max {lengths.max()}"
     )
     print(f"TensorFlow {tf.__version__}, {len(os.sched_getaffinity(0))} CPU threads")
-    print(f"theoretical peak: {peak / 1e9:.0f} GFLOP/s ({peak_text})")
-    print(f"measured peak:    {matmul / 1e9:.0f} GFLOP/s (2048x2048 float32 matmul)")
-    print()
-    header = (
-        f"{'setting':<28} {'sent/s':>8} {'time s':>7} {'padding':>8} "
-        f"{'GFLOP/s exec':>13} {'GFLOP/s useful':>15} {'% peak':>7} {'% matmul':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['setting']:<28} {r['sent_per_s']:>8.1f} {r['seconds']:>7.1f} "
-            f"{r['padding']:>7.0%} {r['gflops_executed']:>13.1f} {r['gflops_useful']:>15.1f} "
-            f"{r['gflops_executed'] * 1e9 / peak:>7.0%} {r['gflops_executed'] * 1e9 / matmul:>9.0%}"
-        )
+    print(reference_text)
+    _print_rows(rows + ([reference] if reference else []), args.flops_per_cycle)
     base = rows[1]["sent_per_s"]
     print(f"\nbucketing speed-up over padding to 128: {rows[0]['sent_per_s'] / base:.1f}x")
+    if reference:
+        ratio = rows[0]["sent_per_s"] / reference["sent_per_s"]
+        print(f"ours (bucketed) / sentence-transformers on torch: {ratio:.2f}x")
     return 0
 
 
