@@ -48,7 +48,7 @@ import tensorflow as tf
 from kd_keras import Distiller, serving
 from kd_keras import losses as kd_losses
 from kd_keras.checkpoints import StopOnNonFiniteLoss
-from kd_keras.data import data_path
+from kd_keras.data import data_path, iter_corpus
 from kd_keras.models import causal_lm
 from kd_keras.progress import log
 from kd_keras.recipes.causal_lm.config import OBJECTIVES, CausalLMConfig, parse_objectives
@@ -115,10 +115,7 @@ def _read_data(c):
     """`(train examples, test examples, corpus lines)` of the (resolved) config."""
     train_examples = causal_lm.read_instructions(c.train_data, limit=c.train_limit)
     test_examples = causal_lm.read_instructions(c.test_data, limit=c.test_limit)
-    with open(c.corpus, encoding="utf-8") as f:
-        corpus_lines = [line.strip() for line in f if line.strip()]
-    if c.corpus_limit is not None:
-        corpus_lines = corpus_lines[: c.corpus_limit]
+    corpus_lines = list(iter_corpus([c.corpus], limit=c.corpus_limit))
     return train_examples, test_examples, corpus_lines
 
 
