@@ -28,7 +28,6 @@ the files' bytes. `read_labels(output_dir)` yields the verified shards back.
 """
 
 import dataclasses
-import hashlib
 import itertools
 import pathlib
 import time
@@ -36,7 +35,14 @@ import time
 import numpy as np
 
 from kd_keras.progress import log, progress_bar
-from kd_keras.storage import CacheError, Fingerprint, read_arrays, write_arrays, write_json_atomic
+from kd_keras.storage import (
+    CacheError,
+    Fingerprint,
+    file_sha256,
+    read_arrays,
+    write_arrays,
+    write_json_atomic,
+)
 
 __all__ = [
     "LABELS_FORMAT",
@@ -74,19 +80,11 @@ class LabelResult:
     seconds: float
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_fingerprint(paths, **settings):
     """A fingerprint of files' bytes (streamed) and of reading settings (a limit)."""
     fingerprint = Fingerprint("kd_keras.labels.files.v1", settings)
     for path in paths:
-        fingerprint.update(pathlib.Path(path).name).update(_sha256(path))
+        fingerprint.update(pathlib.Path(path).name).update(file_sha256(path))
     return fingerprint.hexdigest()
 
 
@@ -117,7 +115,7 @@ def _usable_shards(directory, manifest, key):
     usable = {}
     for index, entry in enumerate(manifest.get("shards", [])):
         path = directory / entry["file"]
-        if path.is_file() and _sha256(path) == entry["sha256"]:
+        if path.is_file() and file_sha256(path) == entry["sha256"]:
             usable[index] = entry
         else:
             log(f"labels: {path} is missing or fails its checksum; labeling it again")
@@ -217,7 +215,12 @@ def _write_shard(directory, index, chunk, teacher, run_teacher, settings, manife
     rows = [manifest["rows"], manifest["rows"] + len(chunk)]
     write_arrays(directory / name, {**_encode(chunk), "embeddings": embeddings}, {"rows": rows})
     manifest["dim"] = int(embeddings.shape[-1])
-    return {"file": name, "rows": rows, "dim": manifest["dim"], "sha256": _sha256(directory / name)}
+    return {
+        "file": name,
+        "rows": rows,
+        "dim": manifest["dim"],
+        "sha256": file_sha256(directory / name),
+    }
 
 
 def _encode(sentences):
@@ -275,7 +278,7 @@ def read_labels(output_dir):
         raise CacheError(f"{directory} holds no finished labels (rerun the labeling to finish it).")
     for entry in manifest["shards"]:
         path = directory / entry["file"]
-        if not path.is_file() or _sha256(path) != entry["sha256"]:
+        if not path.is_file() or file_sha256(path) != entry["sha256"]:
             raise CacheError(f"{path} is missing or fails its checksum. Label the folder again.")
         _, arrays = read_arrays(path)
         sentences = _decode(arrays["text"], arrays["offsets"])

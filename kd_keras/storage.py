@@ -43,6 +43,7 @@ __all__ = [
     "cached_arrays",
     "digest",
     "directory_size",
+    "file_sha256",
     "format_size",
     "read_arrays",
     "remove_stale_temporaries",
@@ -301,6 +302,15 @@ class Fingerprint:
         return self._hash.hexdigest()
 
 
+def file_sha256(path):
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def digest(*parts, length=16):
     """A short fingerprint of `parts` (JSON values, strings, arrays), for file names."""
     return Fingerprint(*parts).hexdigest()[:length]
@@ -385,14 +395,13 @@ def cached_arrays(path, fingerprint, compute, meta=None, rebuild=False):
         rebuild: bool. Recompute and replace whatever is at `path`.
 
     Returns:
-        `(meta, arrays)`, the header and the dict of arrays.
+        The dict of arrays.
     """
     path = pathlib.Path(path)
     if path.exists() and not rebuild:
         stored_meta, arrays = read_arrays(path)
         if stored_meta.get("fingerprint") == fingerprint:
-            return stored_meta, arrays
+            return arrays
     arrays = compute()
-    header = {**(meta or {}), "fingerprint": fingerprint}
-    write_arrays(path, arrays, header)
-    return header, arrays
+    write_arrays(path, arrays, {**(meta or {}), "fingerprint": fingerprint})
+    return arrays

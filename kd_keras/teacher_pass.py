@@ -346,7 +346,7 @@ def cache_teacher_outputs(
         )
 
     meta = {"num_inputs": len(inputs), "settings": settings}
-    _, arrays = cached_arrays(cache_path, fingerprint, compute, meta=meta, rebuild=rebuild)
+    arrays = cached_arrays(cache_path, fingerprint, compute, meta=meta, rebuild=rebuild)
     return _unflatten(arrays)
 
 
@@ -442,5 +442,5 @@ def vocabulary_outputs(teacher, cache_path=None, batch_size=1024, progress=False
         .update(_vocabulary_preprocessor(teacher).get_config())
         .hexdigest()
     )
-    _, arrays = cached_arrays(cache_path, fingerprint, compute)
+    arrays = cached_arrays(cache_path, fingerprint, compute)
     return arrays["outputs"]

@@ -182,6 +182,7 @@ def _resolve_widths(
         "hidden_dim": hidden_dim,
         "intermediate_dim": int(intermediate_dim),
         "max_sequence_length": int(max_sequence_length),
+        "num_segments": source_config.get("num_segments", 2),
     }
     copy = (
         source is not None
@@ -312,7 +313,6 @@ def build_tiny_bert_student(
     encoder = BertEncoder(
         **widths,
         dropout=dropout,
-        num_segments=2 if source is None else source.get_config().get("num_segments", 2),
         # A plain KerasHub `BertBackbone` uses the tanh GELU.
         hidden_activation=getattr(source, "hidden_activation", "gelu_approximate")
         if source is not None

@@ -90,13 +90,13 @@ def test_cached_arrays_reuses_recomputes_and_stops_at_damage(tmp_path):
         calls.append(1)
         return {"x": np.full(3, len(calls), np.float32)}
 
-    _, first = cached_arrays(path, "k1", compute)
-    _, again = cached_arrays(path, "k1", compute)
+    first = cached_arrays(path, "k1", compute)
+    again = cached_arrays(path, "k1", compute)
     assert len(calls) == 1
     np.testing.assert_array_equal(again["x"], first["x"])
-    _, other = cached_arrays(path, "k2", compute)  # stale: recomputed and replaced
+    other = cached_arrays(path, "k2", compute)  # stale: recomputed and replaced
     assert len(calls) == 2 and other["x"][0] == 2
-    _, rebuilt = cached_arrays(path, "k2", compute, rebuild=True)
+    rebuilt = cached_arrays(path, "k2", compute, rebuild=True)
     assert len(calls) == 3 and rebuilt["x"][0] == 3
     path.write_bytes(b"garbage")
     with pytest.raises(CacheError, match=r"c\.npz"):
