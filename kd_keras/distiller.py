@@ -36,6 +36,14 @@ def _as_loss(loss):
     return loss if isinstance(loss, keras.losses.Loss) else _FunctionLoss(loss)
 
 
+def _multi_worker(strategy):
+    """Whether Keras reduces step logs across workers (`MultiWorkerMirroredStrategy`, 2+)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    tasks = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(tasks.get("chief", [])) + len(tasks.get("worker", [])) > 1
+
+
 def _select(outputs, key):
     if key is None:
         return outputs
@@ -66,6 +74,11 @@ class Distiller(keras.Model):
     The teacher is frozen: `trainable=False`, always run with
     `training=False`, outside the gradient tape. `call`, `predict` and the
     compiled metrics are the student's.
+
+    Under `tf.distribute` (`kd_keras.distribute`), create and compile it
+    under `strategy.scope()` and pass `fit` batches of the global batch size:
+    each replica's loss is its mean divided by the replica count, so the
+    summed gradients are the global batch's.
 
     Inputs `x` of a batch may be:
     - anything the student takes; the teacher gets the same;
@@ -302,6 +315,18 @@ class Distiller(keras.Model):
             x, y, _select(student_out, self.label_output), sample_weight=sample_weight
         )
 
+    def _logs_for_strategy(self, logs):
+        # Under MultiWorkerMirroredStrategy, Keras 3 (3.15) averages every
+        # step log over the workers with `strategy.reduce("MEAN", v, axis=0)`,
+        # which fails on the scalars that metrics give (tensorflow#72388).
+        # Shape [1] gives it its axis and comes out a scalar; the values are
+        # the same in every replica anyway (metric variables are synchronized).
+        if not _multi_worker(self.distribute_strategy):
+            return logs
+        return keras.tree.map_structure(
+            lambda v: tf.reshape(v, [1]) if tf.convert_to_tensor(v).shape.rank == 0 else v, logs
+        )
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         _, student_x, _ = self.split_inputs(x)
@@ -313,7 +338,8 @@ class Distiller(keras.Model):
             scaled = self.optimizer.scale_loss(total)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self._update_trackers(x, y, student_out, sample_weight, total, hard, soft)
+        logs = self._update_trackers(x, y, student_out, sample_weight, total, hard, soft)
+        return self._logs_for_strategy(logs)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -321,11 +347,27 @@ class Distiller(keras.Model):
         teacher_out = self.teacher_outputs(x)
         student_out = self.student(student_x, training=False)
         total, hard, soft = self._compute_losses(y, teacher_out, student_out, sample_weight)
-        return self._update_trackers(x, y, student_out, sample_weight, total, hard, soft)
+        logs = self._update_trackers(x, y, student_out, sample_weight, total, hard, soft)
+        return self._logs_for_strategy(logs)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self(x, training=False)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy, Keras 3 (3.15, TF backend) builds the
+        # model from a first batch, read through an extra iterator over the
+        # data and averaged over the replicas (`strategy.reduce`), only for its
+        # shapes and dtypes. The extra pass advances a reshuffling
+        # `tf.data` shuffle (the training would not see one process's batches)
+        # and, under MultiWorkerMirroredStrategy, the reduce fails on dict
+        # inputs (keras-team/keras#20329), as every batch of cached teacher
+        # outputs is. The dataset's element spec has the shapes and dtypes.
+        if self._distribute_strategy is not None and iterator is not None and data_batch is None:
+            dataset = iterator.data_adapter.get_tf_dataset()
+            if isinstance(dataset, tf.data.Dataset):
+                return super()._maybe_symbolic_build(data_batch=dataset.element_spec)
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # === Config ===
 

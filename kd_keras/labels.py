@@ -10,7 +10,8 @@ cache file: the sentences and their embeddings, with a checksum), then
 ```
 {"format": "kd_keras.labels.v1", "complete": true,
  "teacher": {"spec": ..., "fingerprint": ...}, "inputs": {"fingerprint": ..., ...},
- "settings": {"shard_size": ..., "store": "float32", "batch_size": ...},
+ "settings": {"shard_size": ..., "store": "float32", "batch_size": ...,
+              "precision": "float32"},
  "rows": N, "dim": D,
  "shards": [{"file": "shard-00000.npz", "rows": [0, 4096], "sha256": ...}, ...]}
 ```
@@ -24,7 +25,8 @@ the folder stale: it is relabeled from the start.
 
 `label_files(teacher, patterns, ...)` labels text files (one sentence per
 line, `.gz` too, blank lines skipped; `kd_keras.data.iter_corpus`), keyed by
-the files' bytes. `read_labels(output_dir)` yields the verified shards back.
+the files' bytes. `read_labels(output_dir)` yields the verified shards back;
+`labels_dataset` streams them into `tf.data` for training.
 """
 
 import dataclasses
@@ -43,6 +45,7 @@ from kd_keras.storage import (
     write_arrays,
     write_json_atomic,
 )
+from kd_keras.teacher_pass import PRECISIONS
 
 __all__ = [
     "LABELS_FORMAT",
@@ -52,8 +55,11 @@ __all__ = [
     "file_fingerprint",
     "label_files",
     "label_sentences",
+    "labels_dataset",
     "read_labels",
     "read_manifest",
+    "read_shard",
+    "teacher_fingerprint",
 ]
 
 LABELS_FORMAT = "kd_keras.labels.v1"
@@ -86,6 +92,11 @@ def file_fingerprint(paths, **settings):
     for path in paths:
         fingerprint.update(pathlib.Path(path).name).update(file_sha256(path))
     return fingerprint.hexdigest()
+
+
+def teacher_fingerprint(teacher):
+    """The fingerprint of a teacher's weights and config that a manifest records."""
+    return Fingerprint("kd_keras.labels.teacher.v1").update_model(teacher).hexdigest()
 
 
 def read_manifest(output_dir):
@@ -134,6 +145,7 @@ def label_sentences(
     teacher_spec=None,
     inputs=None,
     progress=True,
+    precision="float32",
 ):
     """Labels an iterable of sentences into a sharded, resumable folder.
 
@@ -149,34 +161,20 @@ def label_sentences(
         teacher_spec: str or `None`, recorded in the manifest.
         inputs: JSON-able description of the inputs, recorded in the manifest.
         progress: bool. Report progress (`kd_keras.progress`).
+        precision: `"float32"` (exact) or `"bfloat16"` (faster on CPUs with
+            BF16 support; `kd_keras.teacher_pass.run_teacher`).
 
     Returns:
         A `LabelResult`.
     """
     from kd_keras.teacher_pass import run_teacher
 
-    if store not in STORES:
-        raise ValueError(f"`store` must be one of {STORES}; received {store!r}.")
-    if int(shard_size) < 1 or int(batch_size) < 1:
-        raise ValueError("`shard_size` and `batch_size` must be at least 1.")
+    settings = _settings(shard_size, store, batch_size, precision)
     start = time.perf_counter()
     directory = pathlib.Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    settings = {"shard_size": int(shard_size), "store": store, "batch_size": int(batch_size)}
-    teacher_key = Fingerprint("kd_keras.labels.teacher.v1").update_model(teacher).hexdigest()
-    key = Fingerprint(teacher_key, input_fingerprint, settings).hexdigest()
-    usable = _usable_shards(directory, read_manifest(directory), key)
-    manifest = {
-        "format": LABELS_FORMAT,
-        "complete": False,
-        "key": key,
-        "teacher": {"spec": teacher_spec, "fingerprint": teacher_key},
-        "inputs": {"fingerprint": input_fingerprint, "description": inputs},
-        "settings": settings,
-        "rows": 0,
-        "dim": None,
-        "shards": [],
-    }
+    manifest = _new_manifest(teacher, input_fingerprint, settings, teacher_spec, inputs)
+    usable = _usable_shards(directory, read_manifest(directory), manifest["key"])
     bar = progress_bar(total or 0, "labels", unit="sent", enabled=progress)
     iterator = iter(sentences)
     index = 0
@@ -195,6 +193,47 @@ def label_sentences(
         bar.update(len(chunk))
         index += 1
     bar.close()
+    _finish(directory, manifest)
+    reused = sum(1 for i, e in enumerate(manifest["shards"]) if usable.get(i) is e)
+    return LabelResult(
+        directory, manifest["rows"], len(manifest["shards"]), reused, time.perf_counter() - start
+    )
+
+
+def _settings(shard_size, store, batch_size, precision="float32"):
+    """The manifest's `settings`, checked."""
+    if store not in STORES:
+        raise ValueError(f"`store` must be one of {STORES}; received {store!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}; received {precision!r}.")
+    if int(shard_size) < 1 or int(batch_size) < 1:
+        raise ValueError("`shard_size` and `batch_size` must be at least 1.")
+    return {
+        "shard_size": int(shard_size),
+        "store": store,
+        "batch_size": int(batch_size),
+        "precision": precision,
+    }
+
+
+def _new_manifest(teacher, input_fingerprint, settings, teacher_spec, inputs):
+    """An empty, unfinished manifest; its `key` is what its shards depend on."""
+    teacher_key = teacher_fingerprint(teacher)
+    return {
+        "format": LABELS_FORMAT,
+        "complete": False,
+        "key": Fingerprint(teacher_key, input_fingerprint, settings).hexdigest(),
+        "teacher": {"spec": teacher_spec, "fingerprint": teacher_key},
+        "inputs": {"fingerprint": input_fingerprint, "description": inputs},
+        "settings": settings,
+        "rows": 0,
+        "dim": None,
+        "shards": [],
+    }
+
+
+def _finish(directory, manifest):
+    """Removes the shards the manifest does not list and marks it complete."""
     if not manifest["shards"]:
         raise ValueError("No sentences to label.")
     for stale in directory.glob("shard-*.npz"):
@@ -202,23 +241,27 @@ def label_sentences(
             stale.unlink()  # shards of an older, longer run
     manifest["complete"] = True
     write_json_atomic(directory / MANIFEST, manifest)
-    reused = sum(1 for i, e in enumerate(manifest["shards"]) if usable.get(i) is e)
-    return LabelResult(
-        directory, manifest["rows"], len(manifest["shards"]), reused, time.perf_counter() - start
-    )
 
 
 def _write_shard(directory, index, chunk, teacher, run_teacher, settings, manifest):
-    embeddings = run_teacher(teacher, chunk, batch_size=settings["batch_size"])
-    embeddings = np.asarray(embeddings).astype(settings["store"])
+    embeddings = run_teacher(
+        teacher, chunk, batch_size=settings["batch_size"], precision=settings["precision"]
+    )
+    entry = _save_shard(directory, index, manifest["rows"], chunk, embeddings, settings["store"])
+    manifest["dim"] = entry["dim"]
+    return entry
+
+
+def _save_shard(directory, index, start, sentences, embeddings, store):
+    """Writes shard `index` (rows `start`...) atomically; returns its manifest entry."""
+    embeddings = np.asarray(embeddings).astype(store)
     name = f"shard-{index:05d}.npz"
-    rows = [manifest["rows"], manifest["rows"] + len(chunk)]
-    write_arrays(directory / name, {**_encode(chunk), "embeddings": embeddings}, {"rows": rows})
-    manifest["dim"] = int(embeddings.shape[-1])
+    rows = [start, start + len(sentences)]
+    write_arrays(directory / name, {**_encode(sentences), "embeddings": embeddings}, {"rows": rows})
     return {
         "file": name,
         "rows": rows,
-        "dim": manifest["dim"],
+        "dim": int(embeddings.shape[-1]),
         "sha256": file_sha256(directory / name),
     }
 
@@ -249,12 +292,10 @@ def label_files(teacher, patterns, output_dir, limit=None, **kwargs):
         limit: int or `None`. At most this many sentences, in file order.
         **kwargs: passed to `label_sentences`.
     """
-    from kd_keras.data import corpus_files, iter_corpus
+    from kd_keras.data import iter_corpus
 
-    files = corpus_files(patterns)
-    fingerprint = file_fingerprint(files, limit=limit)
+    files, fingerprint, description = _corpus_inputs(patterns, limit)
     total = sum(1 for _ in iter_corpus(files, limit)) if kwargs.get("progress", True) else None
-    description = {"files": [str(f) for f in files], "limit": limit}
     return label_sentences(
         teacher,
         iter_corpus(files, limit),
@@ -266,6 +307,35 @@ def label_files(teacher, patterns, output_dir, limit=None, **kwargs):
     )
 
 
+def _finished_manifest(directory):
+    manifest = read_manifest(directory)
+    if manifest is None or not manifest.get("complete"):
+        raise CacheError(f"{directory} holds no finished labels (rerun the labeling to finish it).")
+    return manifest
+
+
+def read_shard(output_dir, entry):
+    """`(sentences, float32 embeddings)` of one manifest entry, verified by checksum.
+
+    Raises:
+        CacheError: the shard is missing or fails its checksum.
+    """
+    path = pathlib.Path(output_dir) / entry["file"]
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
+        raise CacheError(f"{path} is missing or fails its checksum. Label the folder again.")
+    _, arrays = read_arrays(path)
+    return _decode(arrays["text"], arrays["offsets"]), arrays["embeddings"].astype(np.float32)
+
+
+def _corpus_inputs(patterns, limit):
+    """`(files, input fingerprint, inputs description)` of text files read up to `limit`."""
+    from kd_keras.data import corpus_files
+
+    files = corpus_files(patterns)
+    description = {"files": [str(f) for f in files], "limit": limit}
+    return files, file_fingerprint(files, limit=limit), description
+
+
 def read_labels(output_dir):
     """Yields `(sentences, float32 embeddings)` shard by shard, each verified.
 
@@ -273,13 +343,75 @@ def read_labels(output_dir):
         CacheError: the folder is unfinished or a shard fails its checksum.
     """
     directory = pathlib.Path(output_dir)
-    manifest = read_manifest(directory)
-    if manifest is None or not manifest.get("complete"):
-        raise CacheError(f"{directory} holds no finished labels (rerun the labeling to finish it).")
-    for entry in manifest["shards"]:
-        path = directory / entry["file"]
-        if not path.is_file() or file_sha256(path) != entry["sha256"]:
-            raise CacheError(f"{path} is missing or fails its checksum. Label the folder again.")
-        _, arrays = read_arrays(path)
-        sentences = _decode(arrays["text"], arrays["offsets"])
-        yield sentences, arrays["embeddings"].astype(np.float32)
+    for entry in _finished_manifest(directory)["shards"]:
+        yield read_shard(directory, entry)
+
+
+def _rows_spec(value):
+    """The type spec of `value` with any number of rows."""
+    import tensorflow as tf
+
+    shape = [None, *value.shape[1:]]
+    if isinstance(value, tf.RaggedTensor):
+        return tf.RaggedTensorSpec(shape, value.dtype, value.ragged_rank, value.row_splits.dtype)
+    return tf.TensorSpec(shape, value.dtype)
+
+
+def labels_dataset(output_dirs, encode, shuffle=True, seed=0, cycle_length=2):
+    """The rows of labels folders as a `tf.data.Dataset`, streamed shard by shard.
+
+    Shards are read (and verified) one at a time as the pipeline needs them,
+    `cycle_length` at once, interleaved row by row; with `shuffle`, in a new
+    order on every pass. Only those shards are ever in memory, however big
+    the folders; shuffle the rows further downstream (`Dataset.shuffle`).
+
+    Args:
+        output_dirs: labels folders (`label_sentences`), all of one width.
+        encode: `fn(list of str) -> tensor or dict of tensors`, each with a
+            leading row dimension, ragged or dense (e.g. tokenized ids).
+        shuffle: bool. Shuffle the shard order.
+        seed: int.
+        cycle_length: int. Shards read at once.
+
+    Returns:
+        `(dataset, rows)`: a dataset of `(encode(sentence), embedding)` elements
+        (embedding float32 `[D]`), and the number of rows.
+
+    Raises:
+        CacheError: a folder is unfinished; a shard failing its checksum is
+            one when the pipeline reaches it.
+        ValueError: the folders' embedding widths differ.
+    """
+    import tensorflow as tf
+
+    shards = []
+    for directory in map(pathlib.Path, output_dirs):
+        manifest = _finished_manifest(directory)
+        shards += [(directory, entry, manifest["dim"]) for entry in manifest["shards"]]
+    if not shards:
+        raise ValueError("`output_dirs` names no labels folder.")
+    dims = {dim for _, _, dim in shards}
+    if len(dims) != 1:
+        raise ValueError(f"The labels folders hold embeddings of different widths: {sorted(dims)}.")
+    dim = dims.pop()
+    encoded_spec = tf.nest.map_structure(_rows_spec, encode(["a"]))
+
+    def rows_of(index):
+        directory, entry, _ = shards[int(index)]
+        sentences, embeddings = read_shard(directory, entry)
+        yield encode(sentences), embeddings
+
+    def shard(index):
+        return tf.data.Dataset.from_generator(
+            rows_of,
+            args=(index,),
+            output_signature=(encoded_spec, tf.TensorSpec([None, dim], tf.float32)),
+        ).unbatch()
+
+    order = tf.data.Dataset.range(len(shards))
+    if shuffle:
+        order = order.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+    dataset = order.interleave(
+        shard, cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return dataset, sum(entry["rows"][1] - entry["rows"][0] for _, entry, _ in shards)

@@ -14,6 +14,7 @@ for every token alone (`[CLS] token [SEP]`), the input of vocabulary
 distillation (`kd_keras.models.student_init`), cached the same way.
 """
 
+import contextlib
 import weakref
 
 import numpy as np
@@ -24,6 +25,7 @@ from kd_keras.storage import CacheError, Fingerprint, cached_arrays
 
 __all__ = [
     "CACHE_VERSION",
+    "PRECISIONS",
     "CacheError",
     "cache_teacher_outputs",
     "run_teacher",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 CACHE_VERSION = "kd_keras.teacher_pass.v2"
+PRECISIONS = ("float32", "bfloat16")
 _FORWARD_CACHE = weakref.WeakKeyDictionary()
 
 
@@ -62,14 +65,15 @@ def _tokenize(preprocessor, texts, chunk=4096):
     return tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
-def _forward_fn(model, jit_compile):
-    """A traced-once forward pass, cached per model (held weakly)."""
+def _forward_fn(model, jit_compile, precision="float32"):
+    """A traced-once forward pass, cached per model (held weakly) and setting."""
+    key = (jit_compile, precision)
     try:
         cached = _FORWARD_CACHE.get(model, {})
     except TypeError:  # not weak-referenceable
         cached = {}
-    if jit_compile in cached:
-        return cached[jit_compile]
+    if key in cached:
+        return cached[key]
     import tensorflow as tf
 
     model_ref = weakref.ref(model) if _weakrefable(model) else lambda: model
@@ -83,8 +87,30 @@ def _forward_fn(model, jit_compile):
         return model_ref()(inputs, training=False)
 
     if _weakrefable(model):
-        _FORWARD_CACHE.setdefault(model, {})[jit_compile] = forward
+        _FORWARD_CACHE.setdefault(model, {})[key] = forward
     return forward
+
+
+@contextlib.contextmanager
+def _precision_scope(precision):
+    """`"bfloat16"`: TensorFlow's oneDNN auto-mixed-precision graph rewrite while
+    inside (matmuls and their neighbours in bfloat16 on CPUs with AVX-512 BF16
+    or AMX; float32 in and out). A global Grappler option, restored on exit:
+    functions run in other threads meanwhile are rewritten too."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}; received {precision!r}.")
+    if precision == "float32":
+        yield
+        return
+    import tensorflow as tf
+
+    option = "auto_mixed_precision_onednn_bfloat16"
+    before = tf.config.optimizer.get_experimental_options().get(option, False)
+    tf.config.optimizer.set_experimental_options({option: True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({option: before})
 
 
 def _weakrefable(obj):
@@ -113,6 +139,7 @@ def _run_packed(
     jit_compile,
     progress,
     description,
+    precision="float32",
 ):
     """Runs `model` over tokenized rows; returns outputs in row order."""
     import tensorflow as tf
@@ -123,11 +150,13 @@ def _run_packed(
     if second is not None:
         lengths = lengths + second.row_lengths().numpy()
     lengths = np.minimum(lengths + special, max_length)
-    forward = _forward_fn(model, jit_compile)
+    forward = _forward_fn(model, jit_compile, precision)
     n = len(lengths)
     results = None
     bar = progress_bar(n, description, unit="sent", enabled=progress)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_precision_scope(precision))
+        stack.callback(bar.close)
         for rows in length_batches(lengths, batch_size, bucketing=bucketing):
             if pad_to is None:
                 width = int(lengths[rows].max())
@@ -146,8 +175,6 @@ def _run_packed(
                 results = _allocate(out, n)
             _scatter(results, out, rows)
             bar.update(len(rows))
-    finally:
-        bar.close()
     return results
 
 
@@ -176,6 +203,7 @@ def run_teacher(
     pair_encoding="cross",
     jit_compile=False,
     progress=False,
+    precision="float32",
 ):
     """Runs a teacher over sentences or sentence pairs, batched by length.
 
@@ -198,6 +226,9 @@ def run_teacher(
         jit_compile: bool. XLA-compile the forward pass (every distinct batch
             width compiles once).
         progress: bool. Report progress (`kd_keras.progress.progress_bar`).
+        precision: `"float32"` (exact), or `"bfloat16"`: oneDNN's automatic
+            mixed precision (`_precision_scope`), faster on CPUs with AVX-512
+            BF16 or AMX, outputs within about 1e-2 of float32.
 
     Returns:
         `np.ndarray` (or dict of them) with one row per input, in input
@@ -214,6 +245,7 @@ def run_teacher(
         pad_multiple=pad_multiple,
         jit_compile=jit_compile,
         progress=progress,
+        precision=precision,
     )
     if not _is_pair(inputs):
         ids = _tokenize(preprocessor, inputs)
@@ -294,6 +326,7 @@ def cache_teacher_outputs(
     jit_compile=False,
     progress=True,
     rebuild=False,
+    precision="float32",
 ):
     """Runs the teacher once over `inputs` and caches the outputs on disk.
 
@@ -309,8 +342,8 @@ def cache_teacher_outputs(
         inputs: list of strings, or list of `(first, second)` pairs.
         cache_path: path of the `.npz` cache file.
         preprocessor: `BertPreprocessor`; defaults to `model.preprocessor`.
-        batch_size, bucketing, pad_to, pair_encoding, jit_compile: see
-            `run_teacher`.
+        batch_size, bucketing, pad_to, pair_encoding, jit_compile, precision:
+            see `run_teacher`.
         progress: bool. Report progress.
         rebuild: bool. Ignore (and overwrite) an existing cache.
 
@@ -327,6 +360,7 @@ def cache_teacher_outputs(
         "pad_to": pad_to,
         "pair_encoding": pair_encoding if _is_pair(inputs) else None,
         "jit_compile": bool(jit_compile),
+        "precision": precision,
     }
     fingerprint = teacher_fingerprint(model, inputs, settings, preprocessor)
 
@@ -342,6 +376,7 @@ def cache_teacher_outputs(
                 pair_encoding=pair_encoding,
                 jit_compile=jit_compile,
                 progress=progress,
+                precision=precision,
             )
         )
 

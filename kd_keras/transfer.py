@@ -11,7 +11,13 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["augment_sentence", "augment_sentences", "TransferSet", "build_transfer_set"]
+__all__ = [
+    "TransferSet",
+    "augment_sentence",
+    "augment_sentences",
+    "build_transfer_set",
+    "transfer_parts",
+]
 
 
 def augment_sentence(sentence, rng, p_mask=0.1, p_ngram=0.25, max_ngram=5, mask_token="[MASK]"):
@@ -96,6 +102,59 @@ class TransferSet:
         return ~np.isnan(self.gold)
 
 
+def _collect(
+    sentences_a,
+    sentences_b,
+    scores,
+    unlabeled,
+    augment_per_sentence,
+    repaired_pairs,
+    seed,
+    augment_kwargs,
+):
+    """The parts of a transfer set: `(sentence index, gold pairs, shuffled extra ids, re-pairs)`."""
+    if not len(sentences_a) == len(sentences_b) == len(scores):
+        raise ValueError(
+            f"Gold pairs disagree in length: {len(sentences_a)} first sentences, "
+            f"{len(sentences_b)} second sentences, {len(scores)} scores."
+        )
+    rng = np.random.default_rng(seed)
+    index = {}
+
+    def idx(sentence):
+        return index.setdefault(sentence, len(index))
+
+    gold_pairs = ([idx(s) for s in sentences_a], [idx(s) for s in sentences_b])
+    extra = [s for s in dict.fromkeys(unlabeled) if s.strip() and s not in index]
+    originals = list(index) + extra
+    if augment_per_sentence:
+        extra += augment_sentences(originals, augment_per_sentence, seed=seed, **augment_kwargs)
+    extra_ids = np.asarray([idx(s) for s in extra], dtype=np.int64)
+    rng.shuffle(extra_ids)
+    n_gold = len(index) - len(extra)  # sentences of the gold pairs come first
+    repairs = (
+        rng.integers(0, n_gold, size=repaired_pairs),
+        rng.integers(0, n_gold, size=repaired_pairs),
+    )
+    return index, gold_pairs, extra_ids, repairs
+
+
+def _transfer_set(index, first, second, gold):
+    """A `TransferSet` keeping only the sentences some pair uses, in first-use order."""
+    first = np.asarray(first, np.int64)
+    second = np.asarray(second, np.int64)
+    used = np.unique(np.concatenate([first, second]))
+    remap = np.full(len(index), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    sentences = list(index)
+    return TransferSet(
+        sentences=[sentences[i] for i in used],
+        first=remap[first],
+        second=remap[second],
+        gold=np.asarray(gold, np.float32),
+    )
+
+
 def build_transfer_set(
     sentences_a,
     sentences_b,
@@ -111,8 +170,8 @@ def build_transfer_set(
 
     Pairs, in order: every gold pair (labeled); the unlabeled and augmented
     sentences, shuffled and paired two by two (unlabeled; each such sentence
-    appears once); `repaired_pairs` random pairs over all sentences
-    (unlabeled). `max_pairs` then keeps the gold pairs first.
+    appears once); `repaired_pairs` random pairs over the gold pairs'
+    sentences (unlabeled). `max_pairs` then keeps the gold pairs first.
 
     Args:
         sentences_a, sentences_b: lists of str, the gold pairs.
@@ -128,49 +187,59 @@ def build_transfer_set(
     Returns:
         `TransferSet`.
     """
-    if not len(sentences_a) == len(sentences_b) == len(scores):
-        raise ValueError(
-            f"Gold pairs disagree in length: {len(sentences_a)} first sentences, "
-            f"{len(sentences_b)} second sentences, {len(scores)} scores."
-        )
-    rng = np.random.default_rng(seed)
-    index = {}
-
-    def idx(sentence):
-        return index.setdefault(sentence, len(index))
-
-    first = [idx(s) for s in sentences_a]
-    second = [idx(s) for s in sentences_b]
+    index, (first, second), extra_ids, repairs = _collect(
+        sentences_a,
+        sentences_b,
+        scores,
+        unlabeled,
+        augment_per_sentence,
+        repaired_pairs,
+        seed,
+        augment_kwargs,
+    )
     gold = [float(s) for s in scores]
-    extra = [s for s in dict.fromkeys(unlabeled) if s.strip() and s not in index]
-    originals = list(index) + extra
-    if augment_per_sentence:
-        extra += augment_sentences(originals, augment_per_sentence, seed=seed, **augment_kwargs)
-    extra_ids = np.asarray([idx(s) for s in extra], dtype=np.int64)
-    rng.shuffle(extra_ids)
-    for i in range(0, len(extra_ids) - 1, 2):
-        first.append(int(extra_ids[i]))
-        second.append(int(extra_ids[i + 1]))
-        gold.append(np.nan)
-    if repaired_pairs:
-        a = rng.integers(0, len(index), size=repaired_pairs)
-        b = rng.integers(0, len(index), size=repaired_pairs)
-        first.extend(a.tolist())
-        second.extend(b.tolist())
-        gold.extend([np.nan] * repaired_pairs)
-    first = np.asarray(first, np.int64)
-    second = np.asarray(second, np.int64)
-    gold = np.asarray(gold, np.float32)
+    n_extra = len(extra_ids) // 2
+    first = first + extra_ids[0 : 2 * n_extra : 2].tolist() + repairs[0].tolist()
+    second = second + extra_ids[1 : 2 * n_extra : 2].tolist() + repairs[1].tolist()
+    gold += [np.nan] * (n_extra + len(repairs[0]))
     if max_pairs is not None and len(first) > max_pairs:
         first, second, gold = first[:max_pairs], second[:max_pairs], gold[:max_pairs]
-    # Keep only the sentences some pair uses, re-indexed in first-use order.
-    used = np.unique(np.concatenate([first, second]))
-    remap = np.full(len(index), -1, np.int64)
-    remap[used] = np.arange(len(used))
-    sentences = list(index)
-    return TransferSet(
-        sentences=[sentences[i] for i in used],
-        first=remap[first],
-        second=remap[second],
-        gold=gold,
+    return _transfer_set(index, first, second, gold)
+
+
+def transfer_parts(
+    sentences_a,
+    sentences_b,
+    scores,
+    unlabeled=(),
+    augment_per_sentence=0,
+    repaired_pairs=0,
+    seed=0,
+    **augment_kwargs,
+):
+    """`build_transfer_set` in two parts, for a corpus too big to hold its teacher outputs.
+
+    The same sentences and the same random draws as `build_transfer_set`, but
+    the unlabeled and augmented sentences come back as a list (shuffled)
+    instead of as fixed pairs, so that they can be labeled into shards
+    (`kd_keras.labels`) and paired as they stream
+    (`kd_keras.recipes.sentence_pairs.training`).
+
+    Returns:
+        `(pairs, free)`: a `TransferSet` of the gold pairs and the
+        re-pairings, and the list of the other sentences, shuffled.
+    """
+    index, (first, second), extra_ids, repairs = _collect(
+        sentences_a,
+        sentences_b,
+        scores,
+        unlabeled,
+        augment_per_sentence,
+        repaired_pairs,
+        seed,
+        augment_kwargs,
     )
+    gold = [float(s) for s in scores] + [np.nan] * len(repairs[0])
+    pairs = _transfer_set(index, first + repairs[0].tolist(), second + repairs[1].tolist(), gold)
+    sentences = list(index)
+    return pairs, [sentences[i] for i in extra_ids]

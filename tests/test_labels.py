@@ -135,6 +135,16 @@ def test_bad_inputs_name_the_file(tmp_path, teacher):
     ):
         with pytest.raises(DataError, match=message):
             label_files(teacher, inputs, tmp_path / "out", progress=False)
+    # Bad bytes met after some shards were written: the folder stays unfinished,
+    # never taken as complete by a reader.
+    with pytest.raises(DataError, match=r"latin\.txt:2: not valid UTF-8"):
+        label_files(
+            teacher, [str(good), str(latin)], tmp_path / "half", shard_size=1, progress=False
+        )
+    assert (tmp_path / "half" / "shard-00000.npz").is_file()
+    assert not json.loads((tmp_path / "half" / MANIFEST).read_text())["complete"]
+    with pytest.raises(CacheError, match="no finished labels"):
+        next(read_labels(tmp_path / "half"))
     # A very long line is one sentence, truncated by the teacher's tokenizer.
     long = tmp_path / "long.txt"
     long.write_text("a cat " * 200_000 + "\nthe dog\n", encoding="utf-8")
@@ -153,3 +163,51 @@ def test_command_line(tmp_path, teacher, corpus, capsys):
     assert "--shard-size must be at least 1" in capsys.readouterr().err
     assert cli.main(["label", "--input", str(tmp_path / "nope.txt"), "--output", "x"]) == 2
     assert "nope.txt: no such file" in capsys.readouterr().err
+
+
+def test_labels_dataset_streams_every_row_once_shards_in_a_new_order(teacher, corpus, tmp_path):
+    import tensorflow as tf
+
+    from kd_keras.labels import labels_dataset
+
+    files, sentences = corpus
+    out = tmp_path / "labels"
+    label_files(teacher, files, out, shard_size=4, progress=False)
+    expected = dict(zip(sentences, run_teacher(teacher, sentences), strict=True))
+
+    def encode(batch):  # the sentence itself, to follow every row
+        return tf.constant(batch)
+
+    ds, rows = labels_dataset([out], encode, shuffle=True, seed=3, cycle_length=2)
+    assert rows == 23
+    passes = []
+    for _ in range(2):
+        seen = [(s.numpy().decode(), e.numpy()) for s, e in ds]
+        assert sorted(s for s, _ in seen) == sorted(sentences)
+        for s, e in seen:
+            np.testing.assert_allclose(e, expected[s], atol=1e-6)
+        passes.append([s for s, _ in seen])
+    assert passes[0] != passes[1]  # shard order reshuffled on each pass
+
+    # A shard damaged after the run is an error naming it when the stream reaches it.
+    shard = out / "shard-00003.npz"
+    shard.write_bytes(shard.read_bytes()[:-5])
+    with pytest.raises(Exception, match="shard-00003.npz is missing or fails its checksum"):
+        list(ds)
+
+
+def test_labels_dataset_refuses_unfinished_folders_and_mixed_widths(teacher, corpus, tmp_path):
+    import tensorflow as tf
+
+    from kd_keras.labels import labels_dataset
+
+    files, _ = corpus
+    with pytest.raises(CacheError, match="no finished labels"):
+        labels_dataset([tmp_path / "nothing"], tf.constant)
+    label_files(teacher, files, tmp_path / "a", shard_size=8, progress=False)
+    manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    manifest["dim"] = 5
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="different widths"):
+        labels_dataset([tmp_path / "a", tmp_path / "b"], tf.constant)

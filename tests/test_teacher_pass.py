@@ -169,3 +169,15 @@ def test_cache_reuse_rebuild_and_damage(teacher, expected, tmp_path, monkeypatch
         np.savez(f, **arrays)
     with pytest.raises(CacheError, match="checksum"):
         cache_teacher_outputs(teacher, SENTENCES, path, batch_size=8, progress=False)
+
+
+def test_bfloat16_pass_is_close_and_leaves_float32_exact(teacher, expected):
+    option = "auto_mixed_precision_onednn_bfloat16"
+    half = run_teacher(teacher, SENTENCES, batch_size=8, precision="bfloat16")
+    # bfloat16 keeps 8 bits of mantissa: unit-norm embeddings agree to ~1e-2.
+    np.testing.assert_allclose(half, expected, atol=5e-2)
+    assert not tf.config.optimizer.get_experimental_options().get(option, False)  # restored
+    # The float32 pass after it is exact again (its own traced function).
+    np.testing.assert_allclose(run_teacher(teacher, SENTENCES, batch_size=8), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="precision"):
+        run_teacher(teacher, SENTENCES, precision="float16")

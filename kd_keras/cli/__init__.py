@@ -148,7 +148,13 @@ def main(argv=None):
     """Runs `kd-keras ARGV`; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only for a subcommand that takes them (`label`: Beam pipeline options)
+        if not hasattr(args, "extra_args"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if "--" in extra:
+            extra.remove("--")
+        args.extra_args = extra
     if args.command is None:
         parser.print_help()
         return 0

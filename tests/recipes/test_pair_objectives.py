@@ -29,7 +29,7 @@ def test_teacher_pair_outputs_match_numpy():
     rng = np.random.default_rng(2)
     table = rng.normal(size=(6, 4)).astype(np.float32)
     first, second = np.array([0, 2, 5]), np.array([1, 2, 3])
-    out = teacher_pair_outputs(table, first, second, scale=10.0, threshold=0.1)
+    out = teacher_pair_outputs(table[first], table[second], scale=10.0, threshold=0.1)
     cosine = np.sum(unit(table[first]) * unit(table[second]), axis=-1, keepdims=True)
     np.testing.assert_allclose(out["score"].numpy(), cosine, rtol=1e-5)
     np.testing.assert_allclose(

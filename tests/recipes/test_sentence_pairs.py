@@ -177,7 +177,18 @@ def test_config_file_mirrors_flags_and_flags_win(tmp_path):
     Config(alpha=1, learning_rate=1).validate()  # an int where a float goes is fine
 
 
-def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
+def _check_batch(x, y, lengths_of, bounds):
+    """Every side padded to its own longest row; one length bucket per batch."""
+    pair_length = None
+    for side in ("sentence_a", "sentence_b"):
+        ids = x["student"][side].numpy()
+        lengths = (ids != 0).sum(axis=1)
+        assert ids.shape[1] == lengths.max()  # padded to its own longest row
+        pair_length = lengths if pair_length is None else np.maximum(pair_length, lengths)
+    assert len(set(np.searchsorted(bounds, pair_length, side="right"))) == 1
+
+
+def test_training_batches_are_length_bucketed_and_cover_every_pair():
     from kd_keras.models.bert_tokenizer import BertPreprocessor, load_vocabulary
     from kd_keras.models.bilstm import build_bilstm_encoder
     from kd_keras.models.teachers import default_model_dir
@@ -186,8 +197,9 @@ def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
     vocabulary = load_vocabulary(default_model_dir() / "vocab.txt")
     preprocessor = BertPreprocessor(vocabulary, sequence_length=64)
     rng = np.random.default_rng(0)
-    # Sentences of 1 to 40 words: token lengths spread over many buckets.
-    sentences = [" ".join(["word"] * int(n)) for n in rng.integers(1, 41, size=300)]
+    # Sentences of 1 to 14 words: token lengths spread over several buckets,
+    # each filled often enough that no pair waits more than a pass or so.
+    sentences = [" ".join(["word"] * int(n)) for n in rng.integers(1, 15, size=300)]
     first, second = rng.integers(0, 300, size=(2, 500))
     gold = np.arange(500, dtype=np.float32)  # distinct, to follow every pair
     transfer = TransferSet(sentences, first, second, gold)
@@ -195,30 +207,74 @@ def test_training_batches_are_length_bucketed_and_cover_every_pair_once():
     encoder = build_bilstm_encoder(len(vocabulary), embedding_dim=4, hidden_dim=2, output_dim=8)
     c = sentence_pairs.DistillConfig(batch_size=16)
     dev = (sentences[:5], sentences[5:10], np.zeros(5, np.float32))
-    train, _ = training.pair_datasets(c, transfer, (table, table[:10]), preprocessor, encoder, dev)
+    train, _, steps = training.pair_datasets(
+        c, transfer, (table, table[:10]), preprocessor, encoder, dev
+    )
+    assert steps == 32  # ceil(500 / 16): one pass
 
     lengths = np.array([n + 2 for n in (len(s.split()) for s in sentences)])  # [CLS] ... [SEP]
     bounds = np.array(TRAIN_BUCKETS)
     seen = []
-    for _ in range(2):  # two passes: a new order each time, the same pairs
-        epoch = []
-        for x, y in train:
-            rows = y.numpy().astype(int)
-            epoch += rows.tolist()
-            assert len(rows) <= 16
-            for side, index in (("sentence_a", first[rows]), ("sentence_b", second[rows])):
-                ids = x["student"][side].numpy()
-                assert ids.shape[1] == lengths[index].max()  # padded to its own longest row
-                assert ((ids != 0).sum(axis=1) == lengths[index]).all()
-            pair_length = np.maximum(lengths[first[rows]], lengths[second[rows]])
-            assert len(set(np.searchsorted(bounds, pair_length, side="right"))) == 1
-            np.testing.assert_allclose(
-                x["teacher_outputs"]["embeddings"].numpy(),
-                np.stack([table[first[rows]], table[second[rows]]], axis=1),
-            )
-        assert sorted(epoch) == list(range(500))
-        seen.append(epoch)
-    assert seen[0] != seen[1]
+    for x, y in train.take(4 * steps):  # an endless stream: about four passes
+        rows = y.numpy().astype(int)
+        seen += rows.tolist()
+        assert len(rows) <= 16
+        _check_batch(x, y, lengths, bounds)
+        for side, index in (("sentence_a", first[rows]), ("sentence_b", second[rows])):
+            assert ((x["student"][side].numpy() != 0).sum(axis=1) == lengths[index]).all()
+        np.testing.assert_allclose(
+            x["teacher_outputs"]["embeddings"].numpy(),
+            np.stack([table[first[rows]], table[second[rows]]], axis=1),
+        )
+    counts = np.bincount(seen, minlength=500)
+    assert counts.min() >= 2 and counts.max() <= 6  # every pair, about once a pass
+    assert seen[:500] != seen[500:1000]  # a new order on each pass
+
+
+def test_streamed_labels_pair_sentences_anew_with_their_teacher_outputs(
+    tmp_path, make_tiny_teacher, minilm_vocabulary
+):
+    from kd_keras.labels import label_sentences
+    from kd_keras.models.bilstm import build_bilstm_encoder
+    from kd_keras.transfer import TransferSet
+
+    teacher = make_tiny_teacher(minilm_vocabulary, hidden_dim=8, sequence_length=64)
+    preprocessor = teacher.preprocessor
+    rng = np.random.default_rng(1)
+    words = ["cat", "dog", "tree", "red", "ran", "the"]
+    free = list({" ".join(rng.choice(words, size=rng.integers(1, 20))) for _ in range(120)})
+    labels = tmp_path / "labels"
+    label_sentences(teacher, free, labels, "free", shard_size=16, progress=False)
+    by_ids = {}
+    for sentence, embedding in zip(free, teacher_pass.run_teacher(teacher, free), strict=True):
+        ids = preprocessor.pack(preprocessor.tokenize([sentence]))["token_ids"].numpy()[0]
+        by_ids[tuple(ids[ids != 0])] = embedding
+
+    gold_sentences = free[:10]
+    pairs = TransferSet(gold_sentences, np.arange(5), np.arange(5, 10), np.arange(5, dtype="f"))
+    table = teacher_pass.run_teacher(teacher, gold_sentences)
+    encoder = build_bilstm_encoder(
+        len(minilm_vocabulary), embedding_dim=4, hidden_dim=2, output_dim=8
+    )
+    c = sentence_pairs.DistillConfig(batch_size=8, sequence_length=64)
+    dev = (free[:3], free[3:6], np.zeros(3, np.float32))
+    train, _, steps = training.pair_datasets(
+        c, pairs, (table, table[:6]), preprocessor, encoder, dev, labels=[labels]
+    )
+    assert steps == -(-(5 + len(free) // 2) // 8)
+    streamed = []
+    for x, y in train.take(3 * steps):
+        _check_batch(x, y, None, np.array(TRAIN_BUCKETS))
+        outputs = x["teacher_outputs"]["embeddings"].numpy()
+        for k in np.flatnonzero(np.isnan(y.numpy())):  # the streamed pairs
+            for side, column in (("sentence_a", 0), ("sentence_b", 1)):
+                ids = x["student"][side].numpy()[k]
+                np.testing.assert_allclose(
+                    outputs[k, column], by_ids[tuple(ids[ids != 0])], atol=1e-6
+                )
+                streamed.append(tuple(ids[ids != 0]))
+    assert len(set(streamed)) > 0.9 * len(free)  # nearly every sentence in three passes
+    assert 0.85 < len(streamed) / (2 * 3 * steps * 8) <= 1.0  # most pairs are streamed ones
 
 
 # === Refused before any expensive step, as one line with exit 2 ===
@@ -300,3 +356,91 @@ def test_unlabeled_sentences_from_several_files_globs_and_gz(tmp_path):
     config.unlabeled = str(tmp_path / "*.csv")
     with pytest.raises(DataError, match="no file matches"):
         job._load_data(config)
+
+
+def test_labels_of_another_teacher_are_refused(tmp_path, make_tiny_teacher, minilm_vocabulary):
+    from kd_keras.labels import label_sentences
+    from kd_keras.recipes.sentence_pairs import job
+
+    ours = make_tiny_teacher(minilm_vocabulary, hidden_dim=8, seed=1)
+    other = make_tiny_teacher(minilm_vocabulary, hidden_dim=8, seed=2)
+    label_sentences(other, ["a cat", "a dog"], tmp_path / "other", "x", progress=False)
+    label_sentences(ours, ["a cat", "a dog"], tmp_path / "ours", "x", progress=False)
+    c = sentence_pairs.DistillConfig(labels=f"{tmp_path / 'ours'}, {tmp_path / 'other'}")
+    with pytest.raises(ConfigError, match="other was labeled by another teacher"):
+        job._label_folders(c, ours, [], tmp_path, progress=False)
+    c.labels = str(tmp_path / "ours")
+    assert job._label_folders(c, ours, [], tmp_path, progress=False) == [tmp_path / "ours"]
+    c.labels = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="missing holds no finished labels"):
+        job._label_folders(c, ours, [], tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_student_of_one_process(tiny_setup, tmp_path):
+    """`kd-keras distill --distribute multi-worker` in two processes on 127.0.0.1
+    (separate folders, as on two machines) ends with the single process's student."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import keras
+
+    root, files = tiny_setup
+    settings = dict(files, unlabeled_limit=60, augment=1, repaired_pairs=20, embedding_dim=16)
+    settings.update(hidden_dim=8, embedding_init="random", epochs=1, batch_size=32)
+    # No dropout: each replica would draw its own masks, the same in law as
+    # one process's but not bit for bit.
+    settings.update(checkpoints_per_epoch=2, throughput_seconds=0.2, dropout=0.0)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+
+    def start(name, tf_config=None):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("TF_CONFIG", None)
+        argv = [*flags, f"--output-dir={tmp_path / name}", f"--cache-dir={tmp_path / name}-c"]
+        if tf_config is not None:
+            env["TF_CONFIG"] = json.dumps(tf_config)
+            argv.append("--distribute=multi-worker")
+        code = f"import sys; from kd_keras.cli import main; sys.exit(main({['distill', *argv]!r}))"
+        return subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    for s in sockets:
+        s.close()
+    processes = {
+        f"worker{i}": start(
+            f"worker{i}", {"cluster": cluster, "task": {"type": "worker", "index": i}}
+        )
+        for i in range(2)
+    }
+    processes["single"] = start("single")
+    try:
+        for name, process in processes.items():
+            output, _ = process.communicate(timeout=600)
+            assert process.returncode == 0, f"{name} failed:\n{output[-4000:]}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    assert not (tmp_path / "worker1" / "student.keras").exists()  # only the chief saves
+    chief = keras.saving.load_model(tmp_path / "worker0" / "student.keras")
+    single = keras.saving.load_model(tmp_path / "single" / "student.keras")
+    for a, b in zip(chief.get_weights(), single.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    chief_metrics = json.loads((tmp_path / "worker0" / "metrics.json").read_text())
+    single_metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    np.testing.assert_allclose(
+        chief_metrics["training"]["history"]["loss"],
+        single_metrics["training"]["history"]["loss"],
+        rtol=1e-4,
+    )

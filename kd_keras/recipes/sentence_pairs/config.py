@@ -14,6 +14,9 @@ CHOICES = {
     "embedding_init": ("random", "teacher", "vocab"),
     "lr_schedule": ("cosine", "constant"),
     "objective": ("embedding", "score", "soft_label"),
+    "teacher_precision": ("float32", "bfloat16"),
+    "store": ("float32", "float16"),
+    "distribute": ("none", "multi-worker"),
 }
 
 
@@ -27,6 +30,8 @@ class DistillConfig:
     """
 
     teacher: str = "default"
+    teacher_precision: str = "float32"
+    store: str = "float32"
     data_dir: str = None
     train: str = None
     dev: str = None
@@ -38,6 +43,7 @@ class DistillConfig:
     max_score: float = 5.0
     unlabeled: str = None
     unlabeled_limit: int = 20000
+    labels: str = None
     augment: int = 1
     repaired_pairs: int = 0
     max_pairs: int = None
@@ -45,6 +51,7 @@ class DistillConfig:
     embedding_dim: int = 256
     hidden_dim: int = 128
     embedding_skip: bool = True
+    dropout: float = 0.1
     bert_layers: int = 2
     bert_intermediate_dim: int = None
     embedding_init: str = "vocab"
@@ -63,6 +70,7 @@ class DistillConfig:
     output_dir: str = None
     cache_dir: str = None
     overwrite: bool = False
+    distribute: str = "none"
     throughput_seconds: float = 10.0
 
     def resolved(self):
@@ -109,7 +117,7 @@ class DistillConfig:
                 "similarity_scale",
                 "throughput_seconds",
             ),
-            within={"alpha": (0.0, 1.0)},
+            within={"alpha": (0.0, 1.0), "dropout": (0.0, 0.99)},
         )
         # The objective's own rules (which loss, whether a temperature applies),
         # checked now rather than after the teacher pass.
@@ -135,6 +143,9 @@ _AT_LEAST_ONE = (
 
 HELP = {
     "teacher": "'default' (offline all-MiniLM-L6-v2) or a checkpoint folder / .keras file",
+    "teacher_precision": "teacher pass in float32 (exact) or bfloat16 (oneDNN mixed precision: "
+    "faster on CPUs with AVX-512 BF16 or AMX)",
+    "store": "precision of the teacher's labels on disk: float32 or float16 (half the disk)",
     "data_dir": "folder of the shipped data (default: $KD_KERAS_DATA, else the checkout's data/)",
     "train": "training pairs (default: STS-B train of the data folder)",
     "dev": "validation pairs (default: STS-B dev)",
@@ -148,6 +159,8 @@ HELP = {
     "or globs, comma-separated, plain or .gz, e.g. 'data/transfer-en/*.txt.gz' ('none' to skip; "
     "default SST-2)",
     "unlabeled_limit": "how many unlabeled sentences to sample (at random, seeded) from them all",
+    "labels": "labels folders made by `kd-keras label` with the same teacher (comma-separated), "
+    "streamed as more unlabeled pairs",
     "augment": "Tang et al. augmented variants per sentence",
     "repaired_pairs": "random re-pairings of transfer sentences to add",
     "max_pairs": "cap on transfer pairs (gold pairs kept first)",
@@ -155,6 +168,8 @@ HELP = {
     "embedding_dim": "BiLSTM token embedding width",
     "hidden_dim": "BiLSTM units per direction",
     "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
+    "dropout": "BiLSTM dropout on the token embeddings (0 makes training deterministic, e.g. "
+    "for comparing a multi-worker run with one process)",
     "bert_layers": "tiny-BERT layers (taken from the teacher's)",
     "bert_intermediate_dim": "tiny-BERT feedforward units per layer (the teacher's strongest; "
     "default: all)",
@@ -173,6 +188,8 @@ HELP = {
     "seed": "random seed",
     "output_dir": "run folder (default runs/<timestamp>; an unfinished one resumes)",
     "cache_dir": "teacher cache folder (default runs/cache)",
+    "distribute": "none, or multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the "
+    "machines of TF_CONFIG (run the same command on each; --batch-size is the global batch)",
     "overwrite": "train again in an --output-dir that holds a finished run",
     "throughput_seconds": "seconds of the CPU throughput measurement per model",
 }

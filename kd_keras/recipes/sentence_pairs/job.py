@@ -2,11 +2,15 @@
 
 1. the teacher (default: offline all-MiniLM-L6-v2) over a transfer set: the
    training pairs, unlabeled sentences (SST-2 phrases by default) and Tang et
-   al. augmentation (`kd_keras.transfer`); its embeddings cached on disk
-   (`kd_keras.teacher_pass`);
+   al. augmentation (`kd_keras.transfer.transfer_parts`). The gold pairs'
+   sentences are labeled into one cache file (`kd_keras.teacher_pass`), the
+   unlabeled and augmented ones into resumable shards (`kd_keras.labels`,
+   the layout of `kd-keras label`), plus any `--labels` folders made by
+   `kd-keras label`;
 2. a siamese student (BiLSTM with vocabulary-distillation embeddings, or a
    tiny BERT from the teacher's layers), trained with `kd_keras.Distiller` on
-   the cached teacher outputs (`embedding`, `score` or `soft_label`
+   the cached teacher outputs, the shards streamed through `tf.data`
+   (`training.pair_datasets`) (`embedding`, `score` or `soft_label`
    objective, mixed with the gold score through `alpha`), checkpointed
    `checkpoints_per_epoch` times an epoch;
 3. the student saved as `student.keras` (+ its tokenizer sidecar), both
@@ -79,20 +83,62 @@ def _load_data(c):
     return data, unlabeled
 
 
-def _teacher_tables(c, teacher, transfer, dev, cache, progress):
-    """The teacher's embeddings of the transfer and dev sentences (cached)."""
+def _teacher_tables(c, teacher, pairs, dev, cache, progress):
+    """The teacher's embeddings of the in-memory pairs' and the dev sentences (cached)."""
     from kd_keras.teacher_pass import cache_teacher_outputs
 
     dev_sentences = list(dev[0]) + list(dev[1])
     tables = []
-    for sentences in (transfer.sentences, dev_sentences):
-        path = cache / f"teacher-{digest(c.teacher, sentences)}.npz"
-        tables.append(cache_teacher_outputs(teacher, sentences, path, progress=progress))
+    for sentences in (pairs.sentences, dev_sentences):
+        path = cache / f"teacher-{digest(c.teacher, c.teacher_precision, sentences)}.npz"
+        tables.append(
+            cache_teacher_outputs(
+                teacher, sentences, path, progress=progress, precision=c.teacher_precision
+            )
+        )
     return tables
 
 
-def _build_student(c, teacher, cache, progress):
-    """The student's sentence encoder: token inputs to a unit-norm embedding."""
+def _label_folders(c, teacher, free, cache, progress):
+    """Labels folders to stream: the free transfer sentences' (labeled into the
+    cache, resumable) and those of `--labels` (checked to be this teacher's)."""
+    from kd_keras.labels import label_sentences, read_manifest, teacher_fingerprint
+
+    folders = []
+    if free:
+        folder = cache / f"labels-{digest(c.teacher, c.teacher_precision, c.store, free)}"
+        label_sentences(
+            teacher,
+            free,
+            folder,
+            input_fingerprint=digest(free),
+            total=len(free),
+            teacher_spec=c.teacher,
+            inputs={"sentences": len(free)},
+            progress=progress,
+            precision=c.teacher_precision,
+            store=c.store,
+        )
+        folders.append(folder)
+    expected = teacher_fingerprint(teacher) if c.labels else None
+    for name in filter(None, (p.strip() for p in (c.labels or "").split(","))):
+        manifest = read_manifest(name)
+        if manifest is None or not manifest.get("complete"):
+            raise ConfigError(f"--labels {name} holds no finished labels (run kd-keras label)")
+        if manifest["teacher"]["fingerprint"] != expected:
+            raise ConfigError(
+                f"--labels {name} was labeled by another teacher "
+                f"({manifest['teacher']['spec']}) than --teacher {c.teacher}"
+            )
+        folders.append(pathlib.Path(name))
+    return folders
+
+
+def _build_student(c, teacher, cache, progress, strategy):
+    """The student's sentence encoder: token inputs to a unit-norm embedding.
+
+    Its variables are made in `strategy`'s scope (the teacher runs outside it).
+    """
     from kd_keras.models.student_init import student_embeddings
     from kd_keras.teacher_pass import vocabulary_outputs
 
@@ -108,23 +154,26 @@ def _build_student(c, teacher, cache, progress):
             path = cache / f"vocabulary-{digest(c.teacher, vocabulary_size)}.npz"
             token_outputs = vocabulary_outputs(teacher, path, progress=progress)
         init = student_embeddings(c.embedding_init, teacher, c.embedding_dim, token_outputs)
-        return build_bilstm_encoder(
-            vocabulary_size,
-            embedding_dim=c.embedding_dim,
-            hidden_dim=c.hidden_dim,
-            output_dim=width,
-            embeddings_initializer="uniform" if init is None else init,
-            normalize=True,
-            embedding_skip=c.embedding_skip,
-        )
+        with strategy.scope():
+            return build_bilstm_encoder(
+                vocabulary_size,
+                embedding_dim=c.embedding_dim,
+                hidden_dim=c.hidden_dim,
+                output_dim=width,
+                embeddings_initializer="uniform" if init is None else init,
+                normalize=True,
+                embedding_skip=c.embedding_skip,
+                dropout=c.dropout,
+            )
     from kd_keras.models.tiny_bert import build_tiny_bert_student
 
-    return build_tiny_bert_student(
-        teacher=teacher,
-        num_layers=c.bert_layers,
-        intermediate_dim=c.bert_intermediate_dim,
-        normalize=True,
-    )
+    with strategy.scope():
+        return build_tiny_bert_student(
+            teacher=teacher,
+            num_layers=c.bert_layers,
+            intermediate_dim=c.bert_intermediate_dim,
+            normalize=True,
+        )
 
 
 def _student_preprocessor(teacher, sequence_length):
@@ -135,25 +184,21 @@ def _student_preprocessor(teacher, sequence_length):
     return BertPreprocessor.from_config(config)
 
 
-def _train(c, out, transfer, tables, dev, encoder, preprocessor, progress):
-    """Trains the student's pair model; returns the Keras history and the step curve."""
+def _compiled_distiller(c, encoder, steps):
+    """The `Distiller` of the student's pair model, compiled (build it in the strategy's scope)."""
     import keras
 
     from kd_keras import Distiller
-    from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
-    from kd_keras.progress import training_progress
     from kd_keras.recipes.sentence_pairs.objectives import (
         GoldScoreMSE,
         objective_loss,
         pair_training_model,
     )
-    from kd_keras.recipes.sentence_pairs.training import StepHistory, pair_datasets
 
     train_model = pair_training_model(encoder, scale=c.similarity_scale)
     distill_output, loss = objective_loss(c.objective, c.distillation_loss, c.temperature)
     # No teacher object: every batch carries the teacher's cached outputs.
     distiller = Distiller(None, train_model, distill_output=distill_output, label_output="score")
-    steps = -(-len(transfer) // c.batch_size)
     chunk = -(-steps // c.checkpoints_per_epoch)
     learning_rate = c.learning_rate
     if c.lr_schedule == "cosine":
@@ -166,9 +211,32 @@ def _train(c, out, transfer, tables, dev, encoder, preprocessor, progress):
         distillation_loss=loss,
         alpha=c.alpha,
     )
-    train_ds, val_ds = pair_datasets(c, transfer, tables, preprocessor, encoder, dev)
+    return distiller, chunk
+
+
+def _train(c, out, data, encoder, preprocessor, progress, strategy):
+    """Trains the student's pair model; returns the Keras history and the step curve.
+
+    `data`: `(pairs, tables, label folders, dev)`, as `pair_datasets` takes them.
+    Under a multi-worker `strategy` every worker trains on its slice of the
+    same global batches and keeps its own checkpoints (`kd_keras.distribute`).
+    """
+    from kd_keras import distribute
+    from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
+    from kd_keras.progress import training_progress
+    from kd_keras.recipes.sentence_pairs.training import StepHistory, pair_datasets
+
+    pairs, tables, labels, dev = data
+    train_ds, val_ds, steps = pair_datasets(
+        c, pairs, tables, preprocessor, encoder, dev, labels=labels
+    )
+    train_ds = distribute.shard_global_batches(train_ds)
+    val_ds = distribute.shard_global_batches(val_ds)
+    with strategy.scope():
+        distiller, chunk = _compiled_distiller(c, encoder, steps)
     curve = StepHistory()
-    backup = ResumableBackup(out / "backup", states={"step_loss": curve})
+    backup_dir = distribute.worker_backup_dir(out / "backup", strategy)
+    backup = ResumableBackup(backup_dir, states={"step_loss": curve})
     _log(
         f"training {c.student} student ({encoder.count_params():,} parameters): "
         f"{c.epochs} epoch(s) of {steps} steps, checkpoint every {chunk} steps"
@@ -185,7 +253,7 @@ def _train(c, out, transfer, tables, dev, encoder, preprocessor, progress):
     # progress the user sees counts the epochs asked for. A non-finite loss
     # stops the run before anything is saved.
     distiller.fit(
-        train_ds.repeat(),
+        train_ds,
         epochs=c.epochs * c.checkpoints_per_epoch,
         steps_per_epoch=chunk,
         validation_data=val_ds,
@@ -264,12 +332,7 @@ def _metrics(c, transfer, test, models, history, step_loss, timings):
     t, s = models["teacher"], models["student"]
     return {
         "config": dataclasses.asdict(c),
-        "data": {
-            "transfer_pairs": len(transfer),
-            "labeled_pairs": int(transfer.labeled.sum()),
-            "transfer_sentences": len(transfer.sentences),
-            "test_pairs": len(test[0]),
-        },
+        "data": {**transfer, "test_pairs": len(test[0])},
         "models": {
             name: {k: v for k, v in m.items() if k != "scores"} for name, m in models.items()
         },
@@ -285,75 +348,81 @@ def _metrics(c, transfer, test, models, history, step_loss, timings):
     }
 
 
-def run(config=None, progress=True):
-    """Runs the whole recipe; returns the metrics dict also written to `metrics.json`.
+def _transfer_data(c, data, unlabeled, teacher):
+    """`(in-memory pairs, free sentences)` of the transfer set (`transfer_parts`)."""
+    from kd_keras.transfer import transfer_parts
 
-    Args:
-        config: `DistillConfig` (defaults to all defaults).
-        progress: bool. Report progress: bars for the teacher pass and
-            training on a terminal, plain periodic lines in a log file.
-    """
-    import keras
-    import numpy as np
-
-    from kd_keras.models.teachers import load_teacher
-    from kd_keras.recipes.sentence_pairs.report import write_report
-    from kd_keras.transfer import build_transfer_set
-
-    c = (config or DistillConfig()).resolved()
-    c.validate()
-    out = _writable_folder(c.output_dir, "--output-dir")
-    cache = _writable_folder(c.cache_dir, "--cache-dir")
-    if (out / "metrics.json").exists() and not c.overwrite:
-        raise ConfigError(
-            f"--output-dir {out} holds a finished run (metrics.json); choose another folder, "
-            "or pass --overwrite to train again there"
-        )
-    write_json_atomic(out / "config.json", dataclasses.asdict(c))
-    timings, t_start = {}, time.perf_counter()
-    keras.utils.set_random_seed(c.seed)
-
-    _log(f"output: {out}")
-    data, unlabeled = _load_data(c)
-    teacher = load_teacher(c.teacher)
-    transfer = build_transfer_set(
+    pairs, free = transfer_parts(
         *data["train"],
         unlabeled=unlabeled,
         augment_per_sentence=c.augment,
         repaired_pairs=c.repaired_pairs,
-        max_pairs=c.max_pairs,
         seed=c.seed,
         mask_token=teacher.preprocessor.mask_token or "[MASK]",
     )
+    if c.max_pairs is not None:  # gold pairs first, then re-pairings, then free pairs
+        if len(pairs) > c.max_pairs:
+            keep = slice(0, c.max_pairs)
+            pairs = dataclasses.replace(
+                pairs, first=pairs.first[keep], second=pairs.second[keep], gold=pairs.gold[keep]
+            )
+        free = free[: 2 * max(0, c.max_pairs - len(pairs))]
+    return pairs, free
+
+
+def _transfer_summary(pairs, folders):
+    from kd_keras.labels import read_manifest
+
+    streamed = sum(read_manifest(f)["rows"] for f in folders)
+    return {
+        "transfer_pairs": len(pairs) + streamed // 2,
+        "labeled_pairs": int(pairs.labeled.sum()),
+        "transfer_sentences": len(pairs.sentences) + streamed,
+        "memory_pairs": len(pairs),
+        "streamed_sentences": streamed,
+        "label_folders": [str(f) for f in folders],
+    }
+
+
+def _teacher_side(c, cache, progress, chief):
+    """Data, teacher and its labels: `(data, teacher, pairs, tables, folders, teacher_dir,
+    transfer summary, seconds of the teacher pass)`."""
+    from kd_keras.models.teachers import load_teacher
+
+    data, unlabeled = _load_data(c)
+    teacher = load_teacher(c.teacher)
+    pairs, free = _transfer_data(c, data, unlabeled, teacher)
+    t0 = time.perf_counter()
+    tables = _teacher_tables(c, teacher, pairs, data["dev"], cache, progress)
+    folders = _label_folders(c, teacher, free, cache, progress)
+    teacher_dir = _teacher_export(c, cache, teacher) if chief else None
+    seconds = time.perf_counter() - t0
+    transfer = _transfer_summary(pairs, folders)
     _log(
-        f"transfer set: {len(transfer)} pairs ({int(transfer.labeled.sum())} with gold scores), "
-        f"{len(transfer.sentences)} sentences"
+        f"transfer set: {transfer['transfer_pairs']} pairs ({transfer['labeled_pairs']} with gold "
+        f"scores), {transfer['transfer_sentences']} sentences, "
+        f"{transfer['streamed_sentences']} of them streamed from labels shards"
     )
-    t0 = time.perf_counter()
-    tables = _teacher_tables(c, teacher, transfer, data["dev"], cache, progress)
-    teacher_dir = _teacher_export(c, cache, teacher)
-    timings["teacher_pass_s"] = time.perf_counter() - t0
-    _log(f"teacher pass: {timings['teacher_pass_s']:.0f} s (cached in {cache})")
+    _log(f"teacher pass: {seconds:.0f} s (cached in {cache})")
+    return data, teacher, pairs, tables, folders, teacher_dir, transfer, seconds
 
-    t0 = time.perf_counter()
-    preprocessor = _student_preprocessor(teacher, c.sequence_length)
-    encoder = _build_student(c, teacher, cache, progress)
-    timings["setup_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    history, step_loss = _train(
-        c, out, transfer, tables, data["dev"], encoder, preprocessor, progress
-    )
-    timings["training_s"] = time.perf_counter() - t0
 
+def _finish(c, out, teacher_side, encoder, preprocessor, trained, timings):
+    """Exports and measures both models, writes the metrics and the report."""
+    import numpy as np
+
+    from kd_keras.recipes.sentence_pairs.report import write_report
+
+    data, teacher, _, _, _, teacher_dir, transfer, _ = teacher_side
     t0 = time.perf_counter()
     models, timings["export_s"] = _export_and_measure(
         c, out, teacher_dir, teacher, encoder, preprocessor, data["test"]
     )
     timings["evaluation_s"] = time.perf_counter() - t0 - timings["export_s"]
-    timings["total_s"] = time.perf_counter() - t_start
+    timings["total_s"] = time.perf_counter() - timings.pop("start")
 
     test = data["test"]
-    metrics = _metrics(c, transfer, test, models, history, step_loss, timings)
+    metrics = _metrics(c, transfer, test, models, *trained, timings)
     scores = {name: m["scores"] for name, m in models.items()}
     write_json_atomic(out / "test_scores.json", {**scores, "gold": test[2].tolist()}, indent=None)
     write_report(out, metrics, np.asarray(scores["teacher"]), np.asarray(scores["student"]))
@@ -364,3 +433,55 @@ def run(config=None, progress=True):
         f"{metrics['summary']['speedup']:.1f}x its throughput; report: {out / 'report.md'}"
     )
     return metrics
+
+
+def run(config=None, progress=True):
+    """Runs the whole recipe; returns the metrics dict also written to `metrics.json`.
+
+    With `distribute="multi-worker"` every worker runs this with the same
+    config (`kd_keras.distribute`); the chief exports, measures and reports,
+    the others return `None` once training is done.
+
+    Args:
+        config: `DistillConfig` (defaults to all defaults).
+        progress: bool. Report progress: bars for the teacher pass and
+            training on a terminal, plain periodic lines in a log file.
+    """
+    import keras
+
+    from kd_keras import distribute
+
+    c = (config or DistillConfig()).resolved()
+    c.validate()
+    strategy = distribute.strategy(c.distribute)  # before any other TensorFlow op
+    chief = distribute.is_chief(strategy)
+    out = _writable_folder(c.output_dir, "--output-dir")
+    cache = _writable_folder(c.cache_dir, "--cache-dir")
+    if (out / "metrics.json").exists() and not c.overwrite:
+        raise ConfigError(
+            f"--output-dir {out} holds a finished run (metrics.json); choose another folder, "
+            "or pass --overwrite to train again there"
+        )
+    if chief:
+        write_json_atomic(out / "config.json", dataclasses.asdict(c))
+    timings = {"start": time.perf_counter()}
+    keras.utils.set_random_seed(c.seed)
+
+    _log(f"output: {out}")
+    teacher_side = _teacher_side(c, cache, progress, chief)
+    data, teacher, pairs, tables, folders = teacher_side[:5]
+    timings["teacher_pass_s"] = teacher_side[-1]
+
+    t0 = time.perf_counter()
+    preprocessor = _student_preprocessor(teacher, c.sequence_length)
+    encoder = _build_student(c, teacher, cache, progress, strategy)
+    timings["setup_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trained = _train(
+        c, out, (pairs, tables, folders, data["dev"]), encoder, preprocessor, progress, strategy
+    )
+    timings["training_s"] = time.perf_counter() - t0
+    if not chief:
+        _log("training done; the chief exports the student and writes the report")
+        return None
+    return _finish(c, out, teacher_side, encoder, preprocessor, trained, timings)

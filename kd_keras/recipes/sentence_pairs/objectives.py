@@ -1,7 +1,8 @@
 """Sentence-pair distillation: a siamese student trained on a teacher's embeddings.
 
 The teacher is run once over every sentence of the transfer set (cached); each
-training pair then carries the teacher's outputs, gathered from that table:
+training pair then carries the teacher's outputs, made from its two sentences'
+embeddings:
 
 - `embeddings` `[B, 2, D]`: both sentences' teacher embeddings;
 - `score` `[B, 1]`: the cosine of the two;
@@ -92,23 +93,22 @@ def pair_training_model(encoder, scale=10.0, threshold=0.0, name="pair_student")
     return build_pair_model(encoder, tuple(OBJECTIVES.values()), scale, threshold, name=name)
 
 
-def teacher_pair_outputs(embeddings, first, second, scale=10.0, threshold=0.0):
-    """The teacher's pair outputs gathered from its sentence-embedding table.
+def teacher_pair_outputs(embeddings_a, embeddings_b, scale=10.0, threshold=0.0):
+    """The teacher's pair outputs from the embeddings of the pairs' two sentences.
 
     TensorFlow ops, so that it runs inside a `tf.data` pipeline as well as on
     NumPy arrays.
 
     Args:
-        embeddings: float `[N, D]` teacher embeddings of the transfer sentences.
-        first, second: int `[P]`, the pairs' sentence indices.
+        embeddings_a, embeddings_b: float `[P, D]`, the teacher's embeddings
+            of the pairs' first and second sentences.
         scale, threshold: float. Of the two-class logits (as the student's).
 
     Returns:
         dict of float32 tensors: `embeddings` `[P, 2, D]`, `score` `[P, 1]`,
         `logits` `[P, 2]`.
     """
-    embeddings = tf.cast(embeddings, tf.float32)
-    ea, eb = tf.gather(embeddings, first), tf.gather(embeddings, second)
+    ea, eb = tf.cast(embeddings_a, tf.float32), tf.cast(embeddings_b, tf.float32)
     cosine = cosine_similarity(ea, eb)
     return {
         "embeddings": tf.stack([ea, eb], axis=1),

@@ -1,13 +1,30 @@
-"""Training data of the sentence-pair recipe: length-bucketed pairs with the teacher's outputs."""
+"""Training data of the sentence-pair recipe: length-bucketed pairs with the teacher's outputs.
+
+Two sources, mixed pair by pair in proportion to their sizes:
+
+- pairs held in memory (the gold pairs and their re-pairings), gathered from
+  a small table of the teacher's embeddings;
+- the big part of the transfer set, labeled into shards (`kd_keras.labels`)
+  and streamed from them (`labels_dataset`: a few shards in memory at a
+  time, a shuffle buffer), two consecutive sentences making a pair, so every
+  pass pairs them anew.
+
+Then batches of pairs of similar length (`kd_keras.batching.bucket_by_length`,
+on the longer sentence of the pair), each padded to its own longest row.
+"""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kd_keras.batching import bucket_by_length
+from kd_keras.labels import labels_dataset
 from kd_keras.recipes.sentence_pairs.objectives import teacher_pair_outputs
 
-__all__ = ["StepHistory", "pair_datasets"]
+__all__ = ["SHUFFLE_BUFFER", "StepHistory", "pair_datasets"]
+
+# Streamed sentences shuffled together (about 2 KB each with a 384-wide embedding).
+SHUFFLE_BUFFER = 16384
 
 
 def _student_inputs_fn(encoder):
@@ -17,92 +34,118 @@ def _student_inputs_fn(encoder):
     return lambda packed: packed["token_ids"]
 
 
-def _ragged_ids(preprocessor, sentences, length):
-    """Every sentence tokenized and packed, rows kept ragged (no padding yet)."""
-    pieces = preprocessor.tokenize(sentences)
-    packed = preprocessor.pack(pieces, sequence_length=length)
-    mask = tf.cast(packed["padding_mask"], tf.bool)
-    return {k: tf.ragged.boolean_mask(v, mask) for k, v in packed.items()}
+def _packer(preprocessor, length):
+    """`fn(sentences) -> dict of ragged rows`: tokenized and packed, not padded."""
+
+    def pack(sentences):
+        pieces = preprocessor.tokenize(sentences)
+        packed = preprocessor.pack(pieces, sequence_length=length)
+        mask = tf.cast(packed["padding_mask"], tf.bool)
+        return {k: tf.ragged.boolean_mask(v, mask) for k, v in packed.items()}
+
+    return pack
 
 
-def _pairs_dataset(c, sentences, table, first, second, gold, preprocessor, encoder, shuffle):
-    to_student = _student_inputs_fn(encoder)
-    ids = _ragged_ids(preprocessor, sentences, c.sequence_length)
+def _memory_pairs(pack, sentences, table, first, second, gold):
+    """Unbatched pair elements `(ids_a, ids_b, teacher_a, teacher_b, gold)` from a table."""
+    ids = pack(sentences)
     table = tf.constant(np.asarray(table, np.float32))
     ds = tf.data.Dataset.from_tensor_slices(
         (first.astype(np.int64), second.astype(np.int64), gold.astype(np.float32))
     )
-    if shuffle:
-        ds = ds.shuffle(len(first), seed=c.seed, reshuffle_each_iteration=True)
-        # A pair goes to the bucket of its longer sentence, so a batch pads to
-        # about its own rows' length (a BiLSTM steps through every padded
-        # position). Random batches of the default transfer set are 3.2x
-        # their real tokens; these 1.4x.
-        lengths = tf.constant(ids["token_ids"].row_lengths().numpy())
-        ds = bucket_by_length(
-            ds,
-            lambda i, j, y: tf.cast(tf.maximum(lengths[i], lengths[j]), tf.int32),
-            c.batch_size,
-        )
-    else:
-        ds = ds.batch(c.batch_size)
 
-    def batch(i, j, y):
-        side = {}
-        for key, rows in (("sentence_a", i), ("sentence_b", j)):
-            packed = {k: tf.gather(v, rows).to_tensor() for k, v in ids.items()}
-            side[key] = to_student(packed)
+    def element(i, j, y):
+        rows_a = {k: v[i] for k, v in ids.items()}
+        rows_b = {k: v[j] for k, v in ids.items()}
+        return rows_a, rows_b, table[i], table[j], y
+
+    return ds, element
+
+
+def _streamed_pairs(pack, labels, seed):
+    """Unbatched pair elements from labels folders; `(dataset, pairs per pass)`."""
+    ds, rows = labels_dataset(labels, pack, shuffle=True, seed=seed)
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+
+    def element(ids, embeddings):
+        rows_a = {k: v[0] for k, v in ids.items()}
+        rows_b = {k: v[1] for k, v in ids.items()}
+        return rows_a, rows_b, embeddings[0], embeddings[1], tf.constant(np.nan, tf.float32)
+
+    pairs = ds.ragged_batch(2, drop_remainder=True).map(element)
+    return pairs, rows // 2
+
+
+def _to_batches(ds, c, encoder):
+    to_student = _student_inputs_fn(encoder)
+
+    def batch(a, b, ea, eb, y):
         x = {
-            "student": side,
-            "teacher_outputs": teacher_pair_outputs(table, i, j, scale=c.similarity_scale),
+            "student": {"sentence_a": to_student(a), "sentence_b": to_student(b)},
+            "teacher_outputs": teacher_pair_outputs(ea, eb, scale=c.similarity_scale),
         }
         return x, y
 
     return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def pair_datasets(c, transfer, tables, preprocessor, encoder, dev):
-    """`(train, validation)` `tf.data` pipelines of pairs for the `Distiller`.
+def pair_datasets(c, pairs, tables, preprocessor, encoder, dev, labels=()):
+    """`(train, validation, steps per epoch)` `tf.data` pipelines for the `Distiller`.
 
     Each batch is `({"student": {"sentence_a": ids, "sentence_b": ids},
     "teacher_outputs": teacher_pair_outputs(...)}, gold)`, every sentence
-    padded to the longest of its side of the batch; training batches are
-    shuffled and length-bucketed (`kd_keras.batching.bucket_by_length`).
+    padded to the longest of its side of the batch. Training batches are
+    shuffled and length-bucketed, endless (`steps` make one pass over the
+    data); gold is NaN for the streamed pairs.
 
     Args:
         c: the `DistillConfig`.
-        transfer: the `TransferSet`.
-        tables: `(transfer embeddings, dev embeddings)` of the teacher.
+        pairs: the `TransferSet` held in memory.
+        tables: `(embeddings of pairs.sentences, dev embeddings)` of the teacher.
         preprocessor: the student's `BertPreprocessor`.
         encoder: the student's sentence encoder.
         dev: `(sentences_a, sentences_b, scores)`.
+        labels: labels folders (`kd_keras.labels`) streamed as unlabeled pairs.
     """
+    pack = _packer(preprocessor, c.sequence_length)
     table, dev_table = tables
-    train = _pairs_dataset(
-        c,
-        transfer.sentences,
-        table,
-        transfer.first,
-        transfer.second,
-        transfer.gold,
-        preprocessor,
-        encoder,
-        shuffle=True,
+    memory, element = _memory_pairs(
+        pack, pairs.sentences, table, pairs.first, pairs.second, pairs.gold
     )
+    memory = memory.shuffle(len(pairs), seed=c.seed, reshuffle_each_iteration=True)
+    train, total = memory.map(element).repeat(), len(pairs)
+    if labels:
+        streamed, count = _streamed_pairs(pack, list(labels), c.seed)
+        weights = [len(pairs) / (len(pairs) + count), count / (len(pairs) + count)]
+        train = tf.data.Dataset.sample_from_datasets(
+            [train, streamed.repeat()], weights, seed=c.seed, stop_on_empty_dataset=False
+        )
+        total += count
+    train = bucket_by_length(
+        train,
+        lambda a, b, *_: tf.cast(
+            tf.maximum(tf.size(a["token_ids"]), tf.size(b["token_ids"])), tf.int32
+        ),
+        c.batch_size,
+    )
+
     dev_a, dev_b, dev_scores = dev
     n = len(dev_a)
-    val = _pairs_dataset(
-        c,
+    val, element = _memory_pairs(
+        pack,
         list(dev_a) + list(dev_b),
         dev_table,
         np.arange(n),
         np.arange(n, 2 * n),
         np.asarray(dev_scores),
-        preprocessor,
-        encoder,
-        shuffle=False,
     )
-    return train.prefetch(2), val.prefetch(2)
+    val = val.map(element).padded_batch(c.batch_size)
+    steps = -(-total // c.batch_size)
+    return (
+        _to_batches(train, c, encoder).prefetch(2),
+        _to_batches(val, c, encoder).prefetch(2),
+        steps,
+    )
 
 
 class StepHistory:

@@ -1,0 +1,369 @@
+"""The teacher over a large corpus as an Apache Beam pipeline (`kd-keras label --runner beam`).
+
+`label_files_beam(teacher, patterns, output_dir, ...)` writes the folder that
+`kd_keras.labels.label_files` writes, shard for shard: the same
+`shard-NNNNN.npz` files over the same rows, the same `manifest.json`
+(`kd_keras.labels.v1`, same key), so that either runner resumes or reads the
+other's folder. What differs is who runs the teacher:
+
+- the driver (this process) checks the files, fingerprints the teacher and the
+  inputs as `label_files` does, exports the teacher once as a raw-text
+  SavedModel (`kd_keras.serving.text_model.export_teacher`, cached by the
+  teacher's fingerprint) and counts the sentences of each file, which tells
+  where every shard's rows are;
+- the pipeline has one element per shard still to label. A worker loads the
+  SavedModel once (`_LabelShard.setup`), reads only its shard's rows, runs the
+  `embed` signature over batches of sentences of similar length and writes the
+  shard atomically, then a small record of it (`.kd-keras-beam/entries/`);
+- the driver collects those records and writes the manifest, complete.
+
+A rerun keeps the shards that verify: those of the manifest (written by either
+runner) and those a killed Beam run left with their records, so a kill loses at
+most the shards in progress. The `.kd-keras-beam` work folder is removed when
+the run completes.
+
+Locally the pipeline runs on Beam's DirectRunner with 2 worker processes
+(`DEFAULT_PIPELINE_ARGS`); any other runner is a matter of pipeline options
+(`--runner=DataflowRunner --project=...`, `--runner=FlinkRunner`,
+`--runner=SparkRunner`), as long as the workers can read the input files and
+the output folder by the same paths (a shared file system): the shards are
+written with Python's own file functions, not Beam's `FileSystems`.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import apache_beam as beam
+import numpy as np
+
+from kd_keras import labels
+from kd_keras.progress import log
+from kd_keras.storage import file_sha256, write_json_atomic
+
+__all__ = ["DEFAULT_PIPELINE_ARGS", "WORK_DIR", "label_files_beam", "pipeline_args_with_defaults"]
+
+DEFAULT_PIPELINE_ARGS = (
+    "--runner=DirectRunner",
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=2",
+    "--default_sdk_harness_log_level=WARNING",
+)
+WORK_DIR = ".kd-keras-beam"
+
+
+def pipeline_args_with_defaults(pipeline_args):
+    """`pipeline_args`, with the local defaults for the DirectRunner options it does not set.
+
+    No `--runner` means Beam's DirectRunner: it then runs in 2 worker processes
+    (`DEFAULT_PIPELINE_ARGS`) unless `--direct_running_mode` or
+    `--direct_num_workers` say otherwise. Another runner's options are kept as
+    they are.
+    """
+
+    def name(arg):
+        return arg.split("=", 1)[0].lstrip("-").replace("-", "_")
+
+    args = list(pipeline_args or ())
+    names = {name(a) for a in args if a.startswith("--")}
+    if "runner" in names:
+        return args
+    return [d for d in DEFAULT_PIPELINE_ARGS if name(d) not in names] + args
+
+
+# === Driver ===
+
+
+def _sentence_counts(files, limit):
+    """Sentences (stripped, non-blank lines) of each file, read as `iter_corpus` reads them.
+
+    Stops where `iter_corpus(files, limit)` stops, with the same errors; the
+    list may be shorter than `files` when `limit` ends the reading early.
+    """
+    from kd_keras.data import DataError, read_lines
+
+    counts, total = [], 0
+    for path in files:
+        count = 0
+        for _, line in read_lines(path):
+            if limit is not None and total >= limit:
+                return counts + [count]
+            if line.strip():
+                count += 1
+                total += 1
+        if not count:
+            raise DataError(f"{path}: no sentences found")
+        counts.append(count)
+    return counts
+
+
+def _plan(files, counts, shard_size):
+    """`[(index, start, segments)]`: each shard's first row and `(file, skip, take)` parts."""
+    shards, segments, start, row = [], [], 0, 0
+    for path, count in zip(files, counts, strict=False):  # counts may stop early
+        skip = 0
+        while skip < count:
+            take = min(count - skip, shard_size - (row - start))
+            segments.append((os.path.abspath(path), skip, take))
+            skip += take
+            row += take
+            if row - start == shard_size:
+                shards.append((len(shards), start, segments))
+                segments, start = [], row
+    if segments:
+        shards.append((len(shards), start, segments))
+    return shards
+
+
+def _rows(start, segments):
+    return [start, start + sum(take for _, _, take in segments)]
+
+
+def _entry_path(work, index):
+    return pathlib.Path(work) / "entries" / f"shard-{index:05d}.json"
+
+
+def _recorded_entry(directory, work, index, key, rows):
+    """The entry a Beam worker recorded for shard `index`, if its shard verifies."""
+    path = _entry_path(work, index)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        entry = record["entry"]
+        if record["key"] == key and entry["rows"] == rows:
+            shard = directory / entry["file"]
+            if shard.is_file() and file_sha256(shard) == entry["sha256"]:
+                return entry
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _export(teacher, teacher_key, export_root, prune):
+    """The teacher's raw-text SavedModel under `export_root`, exported once per fingerprint.
+
+    With `prune`, the exports of other teachers there are removed.
+    """
+    from kd_keras.serving.text_model import export_teacher, verify_text_export
+    from kd_keras.storage import CacheError
+
+    export_root = pathlib.Path(export_root)
+    path = export_root / f"teacher-{teacher_key[:16]}"
+    try:
+        verify_text_export(path)
+        return path
+    except CacheError:
+        pass
+    for old in export_root.glob("teacher-*") if prune else ():
+        if old != path and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)  # another teacher's
+    export_teacher(teacher, path, overwrite=True)
+    return path
+
+
+def _run_pipeline(todo, export_path, directory, work, key, settings, pipeline_args):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    fn = _LabelShard(
+        str(export_path),
+        str(directory.absolute()),
+        str(pathlib.Path(work).absolute()),
+        key,
+        settings["store"],
+        settings["batch_size"],
+        settings["precision"],
+    )
+    options = PipelineOptions(pipeline_args_with_defaults(pipeline_args))
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (
+            pipeline
+            | "Shards" >> beam.Create(todo, reshuffle=False)
+            | "Spread" >> beam.Reshuffle()
+            | "Label" >> beam.ParDo(fn)
+        )
+
+
+def label_files_beam(
+    teacher,
+    patterns,
+    output_dir,
+    limit=None,
+    shard_size=4096,
+    store="float32",
+    batch_size=64,
+    teacher_spec=None,
+    pipeline_args=None,
+    export_dir=None,
+    progress=True,
+    precision="float32",
+):
+    """Labels text files into `output_dir` with an Apache Beam pipeline.
+
+    The same folder as `kd_keras.labels.label_files(teacher, patterns,
+    output_dir, limit=limit, shard_size=..., store=..., batch_size=...,
+    teacher_spec=...)`, and resumable the same way.
+
+    Args:
+        teacher: a `Teacher` (with a preprocessor), or a spec for
+            `kd_keras.models.teachers.load_teacher` (`"default"` or a path).
+        patterns: paths or glob patterns (`kd_keras.data.corpus_files`).
+        output_dir: the labels folder (created).
+        limit: int or `None`. At most this many sentences, in file order.
+        shard_size: int. Sentences per shard.
+        store: `"float32"` or `"float16"`.
+        batch_size: int. Sentences per teacher batch.
+        teacher_spec: str or `None`, recorded in the manifest.
+        pipeline_args: list of str, Beam pipeline options
+            (`pipeline_args_with_defaults` fills in the local ones).
+        export_dir: folder that keeps the teacher's SavedModel between runs
+            (one per teacher fingerprint); default: inside the work folder,
+            removed at the end.
+        progress: bool. Report what is done.
+        precision: `"float32"` or `"bfloat16"` (each worker turns on TensorFlow's
+            oneDNN bfloat16 rewrite, as `kd_keras.teacher_pass.run_teacher` does).
+
+    Returns:
+        A `kd_keras.labels.LabelResult`.
+    """
+    settings = labels._settings(shard_size, store, batch_size, precision)
+    start_time = time.perf_counter()
+    files, fingerprint, description = labels._corpus_inputs(patterns, limit)
+    counts = _sentence_counts(files, limit)
+    if isinstance(teacher, (str, os.PathLike)):
+        from kd_keras.models.teachers import load_teacher
+
+        teacher = load_teacher(str(teacher))
+    directory = pathlib.Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    work = directory / WORK_DIR
+    manifest = labels._new_manifest(teacher, fingerprint, settings, teacher_spec, description)
+    key = manifest["key"]
+    plan = _plan(files, counts, settings["shard_size"])
+    old = labels._usable_shards(directory, labels.read_manifest(directory), key)
+    entries = {}
+    for index, start, segments in plan:
+        rows = _rows(start, segments)
+        entry = old.get(index) if old.get(index, {}).get("rows") == rows else None
+        entries[index] = entry or _recorded_entry(directory, work, index, key, rows)
+    if not plan:
+        raise ValueError("No sentences to label.")
+    reused = sum(1 for entry in entries.values() if entry is not None)
+    _write_progress(directory, manifest, [entries[i] for i, _, _ in plan])
+    todo = [shard for shard in plan if entries[shard[0]] is None]
+    if todo:
+        if progress:
+            log(f"labels: {len(todo)} of {len(plan)} shards to label with Apache Beam")
+        teacher_key = manifest["teacher"]["fingerprint"]
+        export_path = _export(teacher, teacher_key, export_dir or work, prune=export_dir is None)
+        _run_pipeline(todo, export_path, directory, work, key, settings, pipeline_args)
+        for index, start, segments in todo:
+            entries[index] = _recorded_entry(directory, work, index, key, _rows(start, segments))
+            if entries[index] is None:
+                raise RuntimeError(f"The Beam pipeline did not write shard {index} of {directory}.")
+    manifest["shards"] = [entries[i] for i, _, _ in plan]
+    manifest["rows"] = manifest["shards"][-1]["rows"][1]
+    manifest["dim"] = manifest["shards"][0]["dim"]
+    labels._finish(directory, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return labels.LabelResult(
+        directory, manifest["rows"], len(plan), reused, time.perf_counter() - start_time
+    )
+
+
+def _write_progress(directory, manifest, entries):
+    """An unfinished manifest listing the leading shards already done (as `label_sentences`
+    keeps it), so that a stale finished manifest never outlives the shards it lists."""
+    done = []
+    for entry in entries:
+        if entry is None:
+            break
+        done.append(entry)
+    progress = {**manifest, "shards": done, "rows": done[-1]["rows"][1] if done else 0}
+    progress["dim"] = done[0]["dim"] if done else None
+    write_json_atomic(directory / labels.MANIFEST, progress)
+
+
+# === Workers ===
+
+
+def _read_rows(segments):
+    """The sentences of `(file, skip, take)` parts: stripped non-blank lines, as `iter_corpus`."""
+    from kd_keras.data import read_lines
+
+    sentences = []
+    for path, skip, take in segments:
+        seen = 0
+        for _, line in read_lines(path):
+            text = line.strip()
+            if not text:
+                continue
+            if seen >= skip:
+                sentences.append(text)
+                if seen + 1 == skip + take:
+                    break
+            seen += 1
+    return sentences
+
+
+class _LabelShard(beam.DoFn):
+    """Labels one shard `(index, start, segments)` with the exported teacher; yields its entry.
+
+    The SavedModel is loaded once per worker, in `setup`. A shard whose record
+    and file verify (a retried bundle) is not labeled again.
+    """
+
+    def __init__(self, export_path, output_dir, work_dir, key, store, batch_size, precision):
+        self.export_path = export_path
+        self.output_dir = output_dir
+        self.work_dir = work_dir
+        self.key = key
+        self.store = store
+        self.batch_size = int(batch_size)
+        self.precision = precision
+        self._embed = None
+
+    def setup(self):
+        if os.environ.get("KD_KERAS_VERBOSE", "") in ("", "0"):
+            from kd_keras.cli import quiet_tensorflow
+
+            quiet_tensorflow()  # no TensorFlow start-up lines from every worker
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+        if self.precision == "bfloat16":  # this worker process labels, and only that
+            tf.config.optimizer.set_experimental_options(
+                {"auto_mixed_precision_onednn_bfloat16": True}
+            )
+        self._model = tf.saved_model.load(self.export_path)
+        self._embed = self._model.signatures["embed"]
+
+    def _embeddings(self, sentences):
+        import tensorflow as tf
+
+        # Batches of sentences of similar length (characters: a proxy for tokens),
+        # each padded by the SavedModel to its own longest row.
+        order = np.argsort([len(s) for s in sentences], kind="stable")
+        result = None
+        for begin in range(0, len(order), self.batch_size):
+            rows = order[begin : begin + self.batch_size]
+            batch = tf.constant([sentences[i] for i in rows])
+            out = self._embed(sentences=batch)["embedding"].numpy()
+            if result is None:
+                result = np.empty((len(sentences), out.shape[-1]), np.float32)
+            result[rows] = out
+        return result
+
+    def process(self, element):
+        index, start, segments = element
+        directory = pathlib.Path(self.output_dir)
+        sentences = _read_rows(segments)
+        rows = [start, start + len(sentences)]
+        entry = _recorded_entry(directory, self.work_dir, index, self.key, rows)
+        if entry is None:
+            embeddings = self._embeddings(sentences)
+            entry = labels._save_shard(directory, index, start, sentences, embeddings, self.store)
+            path = _entry_path(self.work_dir, index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"key": self.key, "entry": entry})
+        yield entry
