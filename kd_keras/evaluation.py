@@ -96,7 +96,9 @@ def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batc
     return {"sentences_per_second": count / elapsed, "seconds": elapsed, "sentences": count}
 
 
-def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0):
+def evaluate_text_export(
+    path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0, other_sets=None
+):
     """Pair scores, correlations and CPU speed of a raw-text SavedModel.
 
     Args:
@@ -107,10 +109,13 @@ def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, 
         speed_sentences: list of str run through `embed`, batch 64, for the
             throughput.
         seconds: float. Minimum duration of the throughput measurement.
+        other_sets: dict `{name: (sentences_a, sentences_b, gold)}` of more
+            pair sets to score (a dev split).
 
     Returns:
         dict: `scores` (list of the pairs' cosine similarities), `spearman`
-        and `pearson` (x100), `sentences_per_second`.
+        and `pearson` (x100), `sentences_per_second`, and `sets`:
+        `{name: {"spearman", "pearson"}}` of `other_sets`.
     """
     import tensorflow as tf
 
@@ -119,14 +124,19 @@ def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, 
     loaded = load_text_export(path)
     similarity = loaded.signatures["similarity"]
     embed = loaded.signatures["embed"]
-    scores = []
-    for i in range(0, len(sentences_a), 64):
-        out = similarity(
-            sentence_a=tf.constant(sentences_a[i : i + 64]),
-            sentence_b=tf.constant(sentences_b[i : i + 64]),
-        )
-        scores.append(out["score"].numpy())
-    scores = np.concatenate(scores)
+
+    def pair_scores(a, b):
+        out = [
+            similarity(sentence_a=tf.constant(a[i : i + 64]), sentence_b=tf.constant(b[i : i + 64]))
+            for i in range(0, len(a), 64)
+        ]
+        return np.concatenate([o["score"].numpy() for o in out])
+
+    scores = pair_scores(sentences_a, sentences_b)
+    sets = {}
+    for name, (a, b, g) in (other_sets or {}).items():
+        other = pair_scores(a, b)
+        sets[name] = {"spearman": 100 * spearman(other, g), "pearson": 100 * pearson(other, g)}
     speed = throughput(
         lambda batch: embed(sentences=tf.constant(batch)),
         speed_sentences,
@@ -138,11 +148,12 @@ def evaluate_text_export(path, sentences_a, sentences_b, gold, speed_sentences, 
         "spearman": 100 * spearman(scores, gold),
         "pearson": 100 * pearson(scores, gold),
         "sentences_per_second": speed["sentences_per_second"],
+        "sets": sets,
     }
 
 
 def evaluate_text_export_in_subprocess(
-    path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0
+    path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0, other_sets=None
 ):
     """`evaluate_text_export` in a fresh Python process.
 
@@ -156,6 +167,10 @@ def evaluate_text_export_in_subprocess(
         "gold": np.asarray(gold, dtype=np.float64).tolist(),
         "speed_sentences": list(speed_sentences),
         "seconds": float(seconds),
+        "other_sets": {
+            name: [list(a), list(b), np.asarray(g, dtype=np.float64).tolist()]
+            for name, (a, b, g) in (other_sets or {}).items()
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         request_path = os.path.join(tmp, "request.json")
@@ -184,6 +199,7 @@ def _main(argv):
         np.asarray(request["gold"]),
         request["speed_sentences"],
         request["seconds"],
+        {name: (a, b, np.asarray(g)) for name, (a, b, g) in request["other_sets"].items()},
     )
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(result, f)

@@ -113,7 +113,10 @@ def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setu
     teacher_spearman, _ = evaluate_export(on_disk["models"]["teacher"]["export"], files["test"])
     assert on_disk["models"]["teacher"]["spearman"] == pytest.approx(teacher_spearman, abs=1e-6)
     report = (out / "report.md").read_text()
-    assert f"| student | {fresh_spearman:.2f} | {fresh_pearson:.2f} |" in report
+    assert f"| {fresh_spearman:.2f} | {fresh_pearson:.2f} |" in report
+    dev_spearman, _ = evaluate_export(out / "student", files["dev"])
+    assert student["dev_spearman"] == pytest.approx(dev_spearman, abs=1e-6)
+    assert f"| student | {dev_spearman:.2f} | {fresh_spearman:.2f} |" in report
     assert student["parameters"] < on_disk["models"]["teacher"]["parameters"] * 2
     assert on_disk["data"]["labeled_pairs"] == 240
     assert on_disk["data"]["transfer_pairs"] > 240

@@ -285,7 +285,7 @@ def _teacher_export(c, cache, teacher):
     return teacher_dir
 
 
-def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, test):
+def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, test, dev):
     """Saves and exports the student, then measures it and the teacher's export."""
     from kd_keras.evaluation import evaluate_text_export_in_subprocess
     from kd_keras.models.heads import build_pair_model
@@ -310,15 +310,17 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
         ("student", student_dir, encoder.count_params()),
     ):
         r = evaluate_text_export_in_subprocess(
-            path, test[0], test[1], test[2], speed_sentences, c.throughput_seconds
+            path, *test, speed_sentences, c.throughput_seconds, other_sets={"dev": dev}
         )
         _log(
-            f"{name}: test Spearman {r['spearman']:.2f}, "
-            f"{r['sentences_per_second']:.1f} sentences/s"
+            f"{name}: dev Spearman {r['sets']['dev']['spearman']:.2f}, test Spearman "
+            f"{r['spearman']:.2f}, {r['sentences_per_second']:.1f} sentences/s"
         )
         models[name] = {
             "spearman": r["spearman"],
             "pearson": r["pearson"],
+            "dev_spearman": r["sets"]["dev"]["spearman"],
+            "dev_pearson": r["sets"]["dev"]["pearson"],
             "parameters": int(params),
             "size_bytes": directory_size(path),
             "sentences_per_second": r["sentences_per_second"],
@@ -416,7 +418,7 @@ def _finish(c, out, teacher_side, encoder, preprocessor, trained, timings):
     data, teacher, _, _, _, teacher_dir, transfer, _ = teacher_side
     t0 = time.perf_counter()
     models, timings["export_s"] = _export_and_measure(
-        c, out, teacher_dir, teacher, encoder, preprocessor, data["test"]
+        c, out, teacher_dir, teacher, encoder, preprocessor, data["test"], data["dev"]
     )
     timings["evaluation_s"] = time.perf_counter() - t0 - timings["export_s"]
     timings["total_s"] = time.perf_counter() - timings.pop("start")

@@ -93,7 +93,8 @@ def write_report(out, metrics, teacher_scores, student_scores):
     rows = []
     for name, m in metrics["models"].items():
         rows.append(
-            f"| {name} | {m['spearman']:.2f} | {m['pearson']:.2f} | {m['parameters']:,} | "
+            f"| {name} | {m.get('dev_spearman', float('nan')):.2f} | {m['spearman']:.2f} | "
+            f"{m['pearson']:.2f} | {m['parameters']:,} | "
             f"{m['size_bytes'] / 2**20:.1f} MiB | {m['sentences_per_second']:.1f} |"
         )
     s = metrics["summary"]
@@ -106,20 +107,23 @@ alpha {c["alpha"]}, {c["epochs"]} epoch(s), batch {c["batch_size"]}.
 
 All numbers below were measured in this run, on this machine
 ({machine_description()}), through the two exported raw-text SavedModels.
-Quality is on the STS-B **test** split ({d["test_pairs"]} pairs): correlation x100 between
-the cosine similarity of the two sentence embeddings and the gold score. Speed is
+Quality is on the STS-B **test** split ({d["test_pairs"]} pairs), and Spearman on the dev
+split (where settings are chosen): correlation x100 between the cosine similarity of the
+two sentence embeddings and the gold score. Speed is
 CPU sentences per second through the `embed` signature, batch 64, over the test
 sentences.
 
-| model | Spearman | Pearson | parameters | SavedModel size | sentences/s |
-|---|---|---|---|---|---|
+| model | dev Spearman | test Spearman | test Pearson | parameters | SavedModel size | sentences/s |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 The student keeps **{s["spearman_kept_pct"]:.1f}%** of the teacher's Spearman at
 **{s["speedup"]:.1f}x** its throughput. {_model2vec_line()}
 
 Transfer set: {d["transfer_pairs"]:,} pairs ({d["labeled_pairs"]:,} with gold scores),
-{d["transfer_sentences"]:,} distinct sentences labeled by the teacher.
+{d["transfer_sentences"]:,} sentences labeled by the teacher, {d.get("streamed_sentences", 0):,}
+of them streamed from label shards (paired anew on every pass). Teacher pass in
+`{c.get("teacher_precision", "float32")}`, labels stored in `{c.get("store", "float32")}`.
 
 Time: teacher pass {t["teacher_pass_s"]:.0f} s, training {t["training_s"]:.0f} s,
 exports {t["export_s"]:.0f} s, evaluation {t["evaluation_s"]:.0f} s, total
