@@ -447,3 +447,17 @@ def test_two_workers_train_the_student_of_one_process(tiny_setup, tmp_path):
         single_metrics["training"]["history"]["loss"],
         rtol=1e-4,
     )
+
+
+@pytest.mark.slow
+def test_static_student_end_to_end_from_vocabulary_distillation(tiny_setup):
+    root, files = tiny_setup
+    out = root / "static"
+    metrics = sentence_pairs.run(
+        tiny_config(files, out, root / "cache", student="static", embedding_init="vocab"),
+        progress=False,
+    )
+    student = metrics["models"]["student"]
+    fresh_spearman, _ = evaluate_export(out / "student", files["test"])
+    assert student["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)
+    assert student["parameters"] == 30522 * 16 + 16 * 16 + 16  # table and projection only

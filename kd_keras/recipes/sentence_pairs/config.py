@@ -10,7 +10,7 @@ from kd_keras.recipes.config import ConfigError, check_bounds, check_config
 __all__ = ["CHOICES", "HELP", "DistillConfig"]
 
 CHOICES = {
-    "student": ("bilstm", "tiny_bert"),
+    "student": ("bilstm", "static", "tiny_bert"),
     "embedding_init": ("random", "teacher", "vocab"),
     "lr_schedule": ("cosine", "constant"),
     "objective": ("embedding", "score", "soft_label"),
@@ -164,7 +164,8 @@ HELP = {
     "augment": "Tang et al. augmented variants per sentence",
     "repaired_pairs": "random re-pairings of transfer sentences to add",
     "max_pairs": "cap on transfer pairs (gold pairs kept first)",
-    "student": "bilstm or tiny_bert",
+    "student": "bilstm, static (a SIF-weighted mean of token embeddings and a projection: "
+    "Model2Vec/tokenlearn trained here) or tiny_bert",
     "embedding_dim": "BiLSTM token embedding width",
     "hidden_dim": "BiLSTM units per direction",
     "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",

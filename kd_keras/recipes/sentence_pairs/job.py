@@ -134,46 +134,68 @@ def _label_folders(c, teacher, free, cache, progress):
     return folders
 
 
-def _build_student(c, teacher, cache, progress, strategy):
+def _build_student(c, teacher, cache, progress, strategy, sentences=()):
     """The student's sentence encoder: token inputs to a unit-norm embedding.
 
-    Its variables are made in `strategy`'s scope (the teacher runs outside it).
+    Its variables are made in `strategy`'s scope (the teacher runs outside
+    it). `sentences` (the transfer set's) give the static student's SIF weights.
     """
+    if c.student == "tiny_bert":
+        from kd_keras.models.tiny_bert import build_tiny_bert_student
+
+        with strategy.scope():
+            return build_tiny_bert_student(
+                teacher=teacher,
+                num_layers=c.bert_layers,
+                intermediate_dim=c.bert_intermediate_dim,
+                normalize=True,
+            )
     from kd_keras.models.student_init import student_embeddings
     from kd_keras.teacher_pass import vocabulary_outputs
 
     width = int(teacher.output.shape[-1])
     vocabulary_size = len(teacher.preprocessor.vocabulary)
-    if c.student == "bilstm":
-        from kd_keras.models.bilstm import build_bilstm_encoder
+    token_outputs = None
+    if c.embedding_init == "vocab":
+        # Raw per-token teacher outputs, fingerprinted: one file per
+        # teacher serves every embedding width.
+        path = cache / f"vocabulary-{digest(c.teacher, vocabulary_size)}.npz"
+        token_outputs = vocabulary_outputs(teacher, path, progress=progress)
+    init = student_embeddings(c.embedding_init, teacher, c.embedding_dim, token_outputs)
+    init = "uniform" if init is None else init
+    if c.student == "static":
+        from kd_keras.models.static import build_static_encoder, sif_weights, token_counts
 
-        token_outputs = None
-        if c.embedding_init == "vocab":
-            # Raw per-token teacher outputs, fingerprinted: one file per
-            # teacher serves every embedding width.
-            path = cache / f"vocabulary-{digest(c.teacher, vocabulary_size)}.npz"
-            token_outputs = vocabulary_outputs(teacher, path, progress=progress)
-        init = student_embeddings(c.embedding_init, teacher, c.embedding_dim, token_outputs)
+        weights = None
+        if hasattr(init, "shape"):
+            weights = sif_weights(token_counts(teacher.preprocessor, sentences))
         with strategy.scope():
-            return build_bilstm_encoder(
-                vocabulary_size,
-                embedding_dim=c.embedding_dim,
-                hidden_dim=c.hidden_dim,
-                output_dim=width,
-                embeddings_initializer="uniform" if init is None else init,
-                normalize=True,
-                embedding_skip=c.embedding_skip,
-                dropout=c.dropout,
+            return build_static_encoder(
+                vocabulary_size, c.embedding_dim, width, init, token_weights=weights
             )
-    from kd_keras.models.tiny_bert import build_tiny_bert_student
+    from kd_keras.models.bilstm import build_bilstm_encoder
 
     with strategy.scope():
-        return build_tiny_bert_student(
-            teacher=teacher,
-            num_layers=c.bert_layers,
-            intermediate_dim=c.bert_intermediate_dim,
+        return build_bilstm_encoder(
+            vocabulary_size,
+            embedding_dim=c.embedding_dim,
+            hidden_dim=c.hidden_dim,
+            output_dim=width,
+            embeddings_initializer=init,
             normalize=True,
+            embedding_skip=c.embedding_skip,
+            dropout=c.dropout,
         )
+
+
+def _transfer_sentences(pairs, folders):
+    """Every sentence of the transfer set, streamed: the in-memory ones, then the shards'."""
+    from kd_keras.labels import read_labels
+
+    yield from pairs.sentences
+    for folder in folders:
+        for sentences, _ in read_labels(folder):
+            yield from sentences
 
 
 def _student_preprocessor(teacher, sequence_length):
@@ -476,7 +498,9 @@ def run(config=None, progress=True):
 
     t0 = time.perf_counter()
     preprocessor = _student_preprocessor(teacher, c.sequence_length)
-    encoder = _build_student(c, teacher, cache, progress, strategy)
+    encoder = _build_student(
+        c, teacher, cache, progress, strategy, _transfer_sentences(pairs, folders)
+    )
     timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     trained = _train(
