@@ -96,8 +96,38 @@ def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batc
     return {"sentences_per_second": count / elapsed, "seconds": elapsed, "sentences": count}
 
 
+def latency(fn, sentences, calls=200, warmup=3, max_seconds=30.0):
+    """Per-call milliseconds of `fn([one sentence])`, over `calls` sentences in turn.
+
+    Returns:
+        dict with `p50_ms`, `p99_ms` and `calls` (fewer when `max_seconds` ran out).
+    """
+    for sentence in sentences[:warmup]:
+        fn([sentence])
+    times, start = [], time.perf_counter()
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn([sentences[i % len(sentences)]])
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds:
+            break
+    times = 1e3 * np.asarray(times)
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "calls": len(times),
+    }
+
+
 def evaluate_text_export(
-    path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0, other_sets=None
+    path,
+    sentences_a,
+    sentences_b,
+    gold,
+    speed_sentences,
+    seconds=10.0,
+    other_sets=None,
+    latency_calls=0,
 ):
     """Pair scores, correlations and CPU speed of a raw-text SavedModel.
 
@@ -111,11 +141,14 @@ def evaluate_text_export(
         seconds: float. Minimum duration of the throughput measurement.
         other_sets: dict `{name: (sentences_a, sentences_b, gold)}` of more
             pair sets to score (a dev split).
+        latency_calls: int. Batch-1 calls of `embed` to time after the
+            throughput (`latency`); 0 for none.
 
     Returns:
         dict: `scores` (list of the pairs' cosine similarities), `spearman`
         and `pearson` (x100), `sentences_per_second`, and `sets`:
-        `{name: {"spearman", "pearson"}}` of `other_sets`.
+        `{name: {"spearman", "pearson"}}` of `other_sets`, and with
+        `latency_calls` a `latency` dict (`p50_ms`, `p99_ms`, `calls`).
     """
     import tensorflow as tf
 
@@ -143,17 +176,29 @@ def evaluate_text_export(
         batch_size=64,
         min_seconds=seconds,
     )
-    return {
+    result = {
         "scores": scores.tolist(),
         "spearman": 100 * spearman(scores, gold),
         "pearson": 100 * pearson(scores, gold),
         "sentences_per_second": speed["sentences_per_second"],
         "sets": sets,
     }
+    if latency_calls:
+        result["latency"] = latency(
+            lambda batch: embed(sentences=tf.constant(batch)), speed_sentences, latency_calls
+        )
+    return result
 
 
 def evaluate_text_export_in_subprocess(
-    path, sentences_a, sentences_b, gold, speed_sentences, seconds=10.0, other_sets=None
+    path,
+    sentences_a,
+    sentences_b,
+    gold,
+    speed_sentences,
+    seconds=10.0,
+    other_sets=None,
+    latency_calls=0,
 ):
     """`evaluate_text_export` in a fresh Python process.
 
@@ -167,6 +212,7 @@ def evaluate_text_export_in_subprocess(
         "gold": np.asarray(gold, dtype=np.float64).tolist(),
         "speed_sentences": list(speed_sentences),
         "seconds": float(seconds),
+        "latency_calls": int(latency_calls),
         "other_sets": {
             name: [list(a), list(b), np.asarray(g, dtype=np.float64).tolist()]
             for name, (a, b, g) in (other_sets or {}).items()
@@ -200,6 +246,7 @@ def _main(argv):
         request["speed_sentences"],
         request["seconds"],
         {name: (a, b, np.asarray(g)) for name, (a, b, g) in request["other_sets"].items()},
+        request["latency_calls"],
     )
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(result, f)
