@@ -5,13 +5,14 @@ so the layer works eagerly, inside `tf.data`, and inside an exported
 `tf.saved_model` that takes `tf.string` inputs.
 """
 
+import json
 import pathlib
 
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-__all__ = ["BertPreprocessor", "load_vocabulary"]
+__all__ = ["BertPreprocessor", "load_tokenizer_json_vocabulary", "load_vocabulary"]
 
 # Whitespace as Rust's `char::is_whitespace` (the Unicode White_Space
 # property) defines it, which the HF BERT normalizer and pre-tokenizer use.
@@ -52,6 +53,45 @@ def load_vocabulary(path):
     if not tokens:
         raise ValueError(f"Vocabulary file is empty: {path}")
     return tokens
+
+
+def load_tokenizer_json_vocabulary(path):
+    """Reads the WordPiece vocabulary of a Hugging Face `tokenizer.json`.
+
+    Args:
+        path: path of the `tokenizer.json` (a `WordPiece` model whose `vocab`
+            maps tokens to ids `0 .. N-1`, `##` continuation prefix).
+
+    Returns:
+        The list of tokens, in id order.
+    """
+    path = pathlib.Path(path)
+    try:
+        tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Tokenizer file not found: {path}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable tokenizer.json ({e}).") from None
+    model = tokenizer.get("model") if isinstance(tokenizer, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict) or model.get("type", "WordPiece") != "WordPiece":
+        raise ValueError(f"{path}: expected a WordPiece model with a `vocab` dict.")
+    if model.get("continuing_subword_prefix", "##") != "##":
+        raise ValueError(f"{path}: only the `##` continuing-subword prefix is supported.")
+    if not vocab:
+        raise ValueError(f"{path}: the vocabulary is empty.")
+    by_id = {}
+    for token, i in vocab.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i in by_id:
+            raise ValueError(f"{path}: token {token!r} has an invalid or repeated id {i!r}.")
+        by_id[i] = token
+    missing = next((i for i in range(len(by_id)) if i not in by_id), None)
+    if missing is not None:
+        raise ValueError(
+            f"{path}: vocabulary ids are not contiguous (no token has id {missing}; "
+            f"{len(by_id)} tokens, ids up to {max(by_id)})."
+        )
+    return [by_id[i] for i in range(len(by_id))]
 
 
 def text_line_of_offset(data, offset):

