@@ -31,6 +31,7 @@ __all__ = [
     "data_path",
     "iter_corpus",
     "read_lines",
+    "read_cnsd",
     "read_pairs",
     "read_sentences",
     "read_sst2",
@@ -132,20 +133,41 @@ def read_stsb(path, limit=None, max_score=5.0):
         DataError: naming the file and line of a missing column, a score that
             is not a number in [0, 5], or an empty sentence; or an empty file.
     """
+    layout = (
+        "\t",
+        7,
+        (4, 5, 6),
+        "tab-separated columns (genre, file, year, id, score, sentence1, sentence2)",
+    )
+    return _read_fixed_columns(path, layout, limit, max_score)
+
+
+def read_cnsd(path, limit=None, max_score=5.0):
+    """Reads a CNSD (Chinese STS-B) file: `id||sentence1||sentence2||score` lines, no header.
+
+    Args and returns as `read_stsb`.
+    """
+    layout = ("||", 4, (3, 1, 2), "'||'-separated fields (id, sentence1, sentence2, score)")
+    return _read_fixed_columns(path, layout, limit, max_score)
+
+
+def _read_fixed_columns(path, layout, limit, max_score):
+    """Pairs from header-less lines; `layout` is `(separator, at least this many
+    fields, (score, sentence1, sentence2) field indices, description)`."""
+    separator, count, (i_score, i_a, i_b), description = layout
     sentences_a, sentences_b, scores = [], [], []
     for number, line in read_lines(path):
         if limit is not None and len(scores) >= limit:
             break
         if not line.strip():
             continue
-        columns = line.split("\t")
-        if len(columns) < 7:
+        columns = line.split(separator)
+        if len(columns) < count:
             raise DataError(
-                f"{path}:{number}: expected at least 7 tab-separated columns "
-                f"(genre, file, year, id, score, sentence1, sentence2), found {len(columns)}"
+                f"{path}:{number}: expected at least {count} {description}, found {len(columns)}"
             )
-        score = _check_score(path, number, columns[4], max_score)
-        a, b = columns[5].strip(), columns[6].strip()
+        score = _check_score(path, number, columns[i_score], max_score)
+        a, b = columns[i_a].strip(), columns[i_b].strip()
         if not a or not b:
             raise DataError(f"{path}:{number}: empty sentence")
         sentences_a.append(a)
@@ -174,6 +196,8 @@ def _sniff_format(path):
         return "jsonl"
     for _, line in read_lines(path):
         if line.strip():
+            if len(line.split("||")) == 4:
+                return "cnsd"
             columns = line.split("\t")
             if len(columns) >= 7:
                 try:
@@ -198,10 +222,11 @@ def read_pairs(
 
     Args:
         path: str.
-        format: `"stsb"`, `"csv"`, `"tsv"`, `"jsonl"` or `None` to infer it
-            (`.jsonl`/`.json` is JSON lines; a tab-separated line with a
-            number in its fifth column is STS-B; else TSV or CSV by the
-            delimiter). CSV and TSV files have a header row.
+        format: `"stsb"`, `"cnsd"`, `"csv"`, `"tsv"`, `"jsonl"` or `None` to
+            infer it (`.jsonl`/`.json` is JSON lines; a line of four
+            `||`-separated fields is CNSD; a tab-separated line with a number
+            in its fifth column is STS-B; else TSV or CSV by the delimiter).
+            CSV and TSV files have a header row.
         sentence_a, sentence_b, score: str. Column (or JSON key) names.
         max_score: float or `None`. Scores must lie in `[0, max_score]`.
         limit: int or `None`. Read only the first `limit` pairs.
@@ -215,10 +240,11 @@ def read_pairs(
             empty file.
     """
     format = format or _sniff_format(path)
-    if format == "stsb":
-        return read_stsb(path, limit=limit, max_score=max_score)
+    if format in ("stsb", "cnsd"):
+        reader = read_stsb if format == "stsb" else read_cnsd
+        return reader(path, limit=limit, max_score=max_score)
     if format not in ("csv", "tsv", "jsonl"):
-        raise ValueError(f"Unknown data format {format!r}; use stsb, csv, tsv or jsonl.")
+        raise ValueError(f"Unknown data format {format!r}; use stsb, cnsd, csv, tsv or jsonl.")
     names = (sentence_a, sentence_b, score)
     rows = []
     if format == "jsonl":

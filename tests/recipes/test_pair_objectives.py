@@ -1,10 +1,13 @@
 """Sentence-pair objectives (`kd_keras.recipes.sentence_pairs.objectives`) against NumPy."""
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kd_keras import losses as kd_losses
 from kd_keras.recipes.sentence_pairs.objectives import (
+    BinaryPairLoss,
     GoldScoreMSE,
     objective_loss,
     teacher_pair_outputs,
@@ -56,3 +59,70 @@ def test_objective_loss_choices():
         objective_loss("embedding", temperature=2.0)
     with pytest.raises(ValueError, match="positive"):
         objective_loss("soft_label", temperature=0.0)
+
+
+# === BinaryPairLoss ===
+
+
+def binary_pair_numpy(labels, cosines, threshold, weights=None):
+    labels, cosines = np.asarray(labels, np.float64), np.asarray(cosines, np.float64).ravel()
+    keep = ~np.isnan(labels)
+    w = keep.astype(np.float64) * (1.0 if weights is None else np.asarray(weights, np.float64))
+    y = np.where(keep, labels, 0.0)
+    per_pair = y * (1 - cosines) ** 2 / 4 + (1 - y) * cosines**2 * (cosines > threshold)
+    return np.sum(w * per_pair) / np.sum(w) if np.sum(w) else 0.0
+
+
+def test_binary_pair_loss_matches_numpy_over_labeled_pairs():
+    labels = np.array([1, 0, np.nan, 0, 1, np.nan, 0, 1], np.float32)
+    cosines = np.array([[0.9], [0.35], [0.8], [-0.4], [-0.2], [0.1], [0.05], [0.6]], np.float32)
+    for threshold in (0.0, 0.3, -0.5):
+        got = float(BinaryPairLoss(threshold=threshold)(labels, cosines))
+        expected = binary_pair_numpy(labels, cosines, threshold)
+        assert got == pytest.approx(expected, rel=1e-6), threshold
+    weights = np.array([1, 2, 5, 0.5, 1, 3, 1, 2], np.float32)
+    got = float(BinaryPairLoss(0.1)(labels, cosines, sample_weight=weights))
+    assert got == pytest.approx(binary_pair_numpy(labels, cosines, 0.1, weights), rel=1e-6)
+    # Unlabeled pairs change nothing, whatever their cosine.
+    changed = cosines.copy()
+    changed[[2, 5]] = [[-0.9], [0.99]]
+    assert float(BinaryPairLoss(0.1)(labels, changed)) == pytest.approx(
+        float(BinaryPairLoss(0.1)(labels, cosines)), rel=1e-7
+    )
+    # No labeled pair: 0, not NaN.
+    nan_labels = np.full(3, np.nan, np.float32)
+    assert float(BinaryPairLoss()(nan_labels, cosines[:3])) == 0.0
+
+
+def test_binary_pair_loss_threshold_gate():
+    loss = BinaryPairLoss(threshold=0.5)
+    negatives = np.zeros(3, np.float32)
+    # At or below the threshold a dissimilar pair costs nothing...
+    assert float(loss(negatives, np.array([[0.5], [0.2], [-0.7]], np.float32))) == 0.0
+    # ...above it, s^2.
+    assert float(loss(negatives[:1], np.array([[0.6]], np.float32))) == pytest.approx(0.36)
+    # Similar pairs are never gated: (1 - s)^2 / 4.
+    positives = np.ones(2, np.float32)
+    got = float(loss(positives, np.array([[0.2], [-1.0]], np.float32)))
+    assert got == pytest.approx((0.8**2 / 4 + 2.0**2 / 4) / 2, rel=1e-6)
+
+
+def test_binary_pair_loss_gradient_is_finite_and_skips_unlabeled():
+    labels = tf.constant([1.0, np.nan, 0.0])
+    cosines = tf.Variable([[0.3], [0.7], [0.6]])
+    with tf.GradientTape() as tape:
+        value = BinaryPairLoss(threshold=0.0)(labels, cosines)
+    grad = tape.gradient(value, cosines).numpy().ravel()
+    np.testing.assert_allclose(grad, [-(1 - 0.3) / 2 / 2, 0.0, 2 * 0.6 / 2], rtol=1e-6)
+
+
+def test_binary_pair_loss_config_round_trip():
+    loss = BinaryPairLoss(threshold=0.25, name="hard_pairs")
+    assert loss.get_config() == {"threshold": 0.25, "name": "hard_pairs"}
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert isinstance(restored, BinaryPairLoss)
+    assert restored.threshold == 0.25 and restored.name == "hard_pairs"
+    assert keras.saving.get_registered_object("kd_keras>BinaryPairLoss") is BinaryPairLoss
+    labels = np.array([1, 0, np.nan], np.float32)
+    cosines = np.array([[0.4], [0.5], [0.9]], np.float32)
+    assert float(restored(labels, cosines)) == float(loss(labels, cosines))

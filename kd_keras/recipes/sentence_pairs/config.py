@@ -150,7 +150,7 @@ HELP = {
     "train": "training pairs (default: STS-B train of the data folder)",
     "dev": "validation pairs (default: STS-B dev)",
     "test": "test pairs for the report (default: STS-B test)",
-    "format": "data format: stsb, csv, tsv or jsonl (default: from the file)",
+    "format": "data format: stsb, cnsd, csv, tsv or jsonl (default: from the file)",
     "sentence_a": "column / key of the first sentence (csv, tsv, jsonl)",
     "sentence_b": "column / key of the second sentence",
     "score": "column / key of the gold score",

@@ -24,6 +24,8 @@ three outputs) returns the same from its own embeddings, through the same
 
 The gold term is `GoldScoreMSE` between the student's cosine and the gold
 score divided by `max_score`; unlabeled pairs carry NaN and are left out.
+For 0/1-labeled pairs (similar or not) `BinaryPairLoss` is the hard loss on
+the student's cosine instead.
 """
 
 import keras
@@ -35,6 +37,7 @@ from kd_keras.models.heads import build_pair_model, cosine_similarity, similarit
 
 __all__ = [
     "OBJECTIVES",
+    "BinaryPairLoss",
     "GoldScoreMSE",
     "objective_loss",
     "pair_training_model",
@@ -81,6 +84,46 @@ class GoldScoreMSE(keras.losses.Loss):
 
     def get_config(self):
         return {"max_score": self.max_score, "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class BinaryPairLoss(keras.losses.Loss):
+    """Hard loss of 0/1-labeled pairs on the cosine, over the labeled pairs only.
+
+    A similar pair (`y = 1`) is pulled towards cosine 1; a dissimilar one
+    (`y = 0`) is pushed towards 0, but only while its cosine is above
+    `threshold`. Formula:
+
+    ```
+    l_i = y_i * (1 - s_i)^2 / 4 + (1 - y_i) * s_i^2 * [s_i > threshold]
+    sum_i w_i * l_i / sum_i w_i,   w_i = 0 where y_i is NaN
+    ```
+
+    Args:
+        threshold: float. Dissimilar pairs whose cosine is at or below it
+            cost nothing.
+        name: str.
+    """
+
+    def __init__(self, threshold=0.0, name="binary_pair_loss"):
+        super().__init__(name=name, reduction="none", dtype="float32")
+        self.threshold = float(threshold)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
+        labeled = tf.math.is_finite(y_true)
+        weights = tf.cast(labeled, tf.float32)
+        if sample_weight is not None:
+            weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        label = tf.where(labeled, y_true, tf.zeros_like(y_true))
+        gate = tf.cast(y_pred > self.threshold, tf.float32)
+        per_pair = label * tf.square(1.0 - y_pred) / 4.0 + (1.0 - label) * tf.square(y_pred) * gate
+        total = tf.reduce_sum(weights * per_pair)
+        return _scale_for_distribution(tf.math.divide_no_nan(total, tf.reduce_sum(weights)))
+
+    def get_config(self):
+        return {"threshold": self.threshold, "name": self.name}
 
 
 def pair_training_model(encoder, scale=10.0, threshold=0.0, name="pair_student"):
