@@ -8,6 +8,7 @@ made by randomly re-pairing sentences.
 """
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -20,12 +21,19 @@ __all__ = [
 ]
 
 
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
 def augment_sentence(sentence, rng, p_mask=0.1, p_ngram=0.25, max_ngram=5, mask_token="[MASK]"):
     """One synthetic sentence, as in Tang et al. 2019 (without POS replacement).
 
     Each whitespace word is replaced by `mask_token` with probability
     `p_mask`; then, with probability `p_ngram`, only a random n-gram of the
-    result is kept, `n` drawn uniformly from 1 to `max_ngram`.
+    result is kept, `n` drawn uniformly from 1 to `max_ngram`. Text with
+    Chinese, Japanese or Korean ideographs and no spaces (Chinese is not
+    written with them) is cut into characters instead, as a BERT tokenizer
+    does, and joined back without spaces; an n-gram is then up to
+    `2 * max_ngram` characters.
 
     Args:
         sentence: str.
@@ -39,17 +47,18 @@ def augment_sentence(sentence, rng, p_mask=0.1, p_ngram=0.25, max_ngram=5, mask_
     Returns:
         str; never empty for a non-empty input.
     """
-    words = sentence.split()
+    characters = " " not in sentence.strip() and bool(_CJK.search(sentence))
+    words = list(sentence.strip()) if characters else sentence.split()
     if not words:
         return sentence
     masked = rng.random(len(words)) < p_mask
     words = [mask_token if m else w for w, m in zip(words, masked, strict=True)]
     if rng.random() < p_ngram:
-        n = int(rng.integers(1, max_ngram + 1))
+        n = int(rng.integers(1, (2 if characters else 1) * max_ngram + 1))
         if n < len(words):
             start = int(rng.integers(0, len(words) - n + 1))
             words = words[start : start + n]
-    return " ".join(words)
+    return ("" if characters else " ").join(words)
 
 
 def augment_sentences(sentences, per_sentence, seed=0, **kwargs):

@@ -62,3 +62,15 @@ def test_transfer_parts_are_the_same_draws_as_the_whole_set(augment):
 def test_gold_pairs_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="disagree in length"):
         transfer_parts(A, B[:3], SCORES)
+
+
+def test_chinese_is_augmented_character_by_character():
+    rng = np.random.default_rng(1)
+    sentence = "一架飞机要起飞了。"
+    masked = augment_sentence(sentence, rng, p_mask=1.0, p_ngram=0.0)
+    assert masked == "[MASK]" * len(sentence)
+    for _ in range(20):
+        kept = augment_sentence(sentence, rng, p_mask=0.0, p_ngram=1.0, max_ngram=2)
+        assert 1 <= len(kept) <= 4 and kept in sentence
+    # Text with spaces keeps whole words, ideographs or not.
+    assert augment_sentence("我 爱 你", rng, p_mask=1.0, p_ngram=0.0) == "[MASK] [MASK] [MASK]"

@@ -39,7 +39,9 @@ def test_teacher_pair_outputs_match_numpy():
         out["logits"].numpy(), np.concatenate([-(cosine - 0.1), cosine - 0.1], -1) * 10, rtol=1e-5
     )
     np.testing.assert_allclose(
-        out["embeddings"].numpy(), np.stack([table[first], table[second]], axis=1)
+        out["embeddings"].numpy(),
+        np.stack([unit(table[first]), unit(table[second])], axis=1),
+        rtol=1e-5,
     )
 
 

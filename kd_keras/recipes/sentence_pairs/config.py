@@ -60,6 +60,7 @@ class DistillConfig:
     alpha: float = 1.0
     temperature: float = None
     similarity_scale: float = 10.0
+    similarity_threshold: float = 0.0
     epochs: int = 4
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -117,7 +118,11 @@ class DistillConfig:
                 "similarity_scale",
                 "throughput_seconds",
             ),
-            within={"alpha": (0.0, 1.0), "dropout": (0.0, 0.99)},
+            within={
+                "alpha": (0.0, 1.0),
+                "dropout": (0.0, 0.99),
+                "similarity_threshold": (-1.0, 1.0),
+            },
         )
         # The objective's own rules (which loss, whether a temperature applies),
         # checked now rather than after the teacher pass.
@@ -180,6 +185,8 @@ HELP = {
     "alpha": "weight of the distillation term (1 - alpha weights the gold score)",
     "temperature": "temperature of the soft_label losses",
     "similarity_scale": "scale of the two-class similarity logits",
+    "similarity_threshold": "cosine at which the two-class soft labels are 50/50 (a teacher whose "
+    "cosines all sit high, as unnormalized mean-pooled ones do, needs it near their middle)",
     "epochs": "passes over the transfer set",
     "batch_size": "pairs per step",
     "learning_rate": "Adam learning rate (the peak, with --lr-schedule cosine)",

@@ -217,7 +217,9 @@ def _compiled_distiller(c, encoder, steps):
         pair_training_model,
     )
 
-    train_model = pair_training_model(encoder, scale=c.similarity_scale)
+    train_model = pair_training_model(
+        encoder, scale=c.similarity_scale, threshold=c.similarity_threshold
+    )
     distill_output, loss = objective_loss(c.objective, c.distillation_loss, c.temperature)
     # No teacher object: every batch carries the teacher's cached outputs.
     distiller = Distiller(None, train_model, distill_output=distill_output, label_output="score")

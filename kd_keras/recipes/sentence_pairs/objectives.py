@@ -148,11 +148,14 @@ def teacher_pair_outputs(embeddings_a, embeddings_b, scale=10.0, threshold=0.0):
         scale, threshold: float. Of the two-class logits (as the student's).
 
     Returns:
-        dict of float32 tensors: `embeddings` `[P, 2, D]`, `score` `[P, 1]`,
-        `logits` `[P, 2]`.
+        dict of float32 tensors: `embeddings` `[P, 2, D]` (L2-normalized, as
+        the student's are), `score` `[P, 1]`, `logits` `[P, 2]`.
     """
     ea, eb = tf.cast(embeddings_a, tf.float32), tf.cast(embeddings_b, tf.float32)
     cosine = cosine_similarity(ea, eb)
+    # Unit length, as the student's: a teacher whose embeddings are not
+    # normalized (m3e's mean pooling) is imitated in direction.
+    ea, eb = tf.math.l2_normalize(ea, axis=-1), tf.math.l2_normalize(eb, axis=-1)
     return {
         "embeddings": tf.stack([ea, eb], axis=1),
         "score": tf.reshape(cosine, [-1, 1]),

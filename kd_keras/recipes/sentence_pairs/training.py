@@ -82,7 +82,9 @@ def _to_batches(ds, c, encoder):
     def batch(a, b, ea, eb, y):
         x = {
             "student": {"sentence_a": to_student(a), "sentence_b": to_student(b)},
-            "teacher_outputs": teacher_pair_outputs(ea, eb, scale=c.similarity_scale),
+            "teacher_outputs": teacher_pair_outputs(
+                ea, eb, scale=c.similarity_scale, threshold=c.similarity_threshold
+            ),
         }
         return x, y
 
