@@ -463,3 +463,15 @@ def test_static_student_end_to_end_from_vocabulary_distillation(tiny_setup):
     fresh_spearman, _ = evaluate_export(out / "student", files["test"])
     assert student["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)
     assert student["parameters"] == 30522 * 16 + 16 * 16 + 16  # table and projection only
+
+
+def test_the_shipped_chinese_config_is_valid():
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "zh-m3e.yaml"
+    c = sentence_pairs.DistillConfig(**load_config_file(str(path), sentence_pairs.DistillConfig))
+    c.validate()
+    assert (c.teacher, c.objective, c.student) == ("m3e-small", "embedding", "bilstm")
+    from kd_keras.data import read_pairs
+
+    assert read_pairs(str(path.parents[1] / c.dev))[2].shape == (1458,)
