@@ -475,3 +475,39 @@ def test_the_shipped_chinese_config_is_valid():
     from kd_keras.data import read_pairs
 
     assert read_pairs(str(path.parents[1] / c.dev))[2].shape == (1458,)
+
+
+def test_binary_hard_loss_is_the_gold_term_for_zero_one_pairs():
+    from kd_keras.models.bilstm import build_bilstm_encoder
+    from kd_keras.recipes.sentence_pairs import job
+    from kd_keras.recipes.sentence_pairs.objectives import BinaryPairLoss
+
+    c = sentence_pairs.DistillConfig(
+        hard_loss="binary", negative_threshold=0.2, alpha=0.0, max_score=1.0
+    )
+    c.validate()
+    encoder = build_bilstm_encoder(40, embedding_dim=4, hidden_dim=2, output_dim=3, dropout=0.0)
+    distiller, _ = job._compiled_distiller(c, encoder, steps=1)
+    assert isinstance(distiller.student_loss, BinaryPairLoss)
+    assert distiller.student_loss.threshold == 0.2
+    rng = np.random.default_rng(0)
+    ids = {
+        k: rng.integers(1, 40, size=(6, 5)).astype("int32") for k in ("sentence_a", "sentence_b")
+    }
+    teacher = rng.normal(size=(6, 2, 3)).astype("float32")
+    x = {
+        "student": ids,
+        "teacher_outputs": {
+            "embeddings": teacher,
+            "score": np.zeros((6, 1), "float32"),
+            "logits": np.zeros((6, 2), "float32"),
+        },
+    }
+    y = np.array([1, 0, 1, 0, np.nan, 0], "float32")
+    s = distiller.student(ids)["score"].numpy().ravel()
+    keep = ~np.isnan(y)
+    per = np.where(y == 1, (1 - s) ** 2 / 4, s**2 * (s > 0.2))
+    logs = distiller.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)
+    assert logs["student_loss"] == pytest.approx(per[keep].mean(), rel=1e-5, abs=1e-7)
+    with pytest.raises(ConfigError, match="hard_loss|hard-loss"):
+        sentence_pairs.DistillConfig(hard_loss="hinge").validate()

@@ -15,6 +15,7 @@ CHOICES = {
     "lr_schedule": ("cosine", "constant"),
     "objective": ("embedding", "score", "soft_label"),
     "teacher_precision": ("float32", "bfloat16"),
+    "hard_loss": ("score", "binary"),
     "store": ("float32", "float16"),
     "distribute": ("none", "multi-worker"),
 }
@@ -58,6 +59,8 @@ class DistillConfig:
     objective: str = "embedding"
     distillation_loss: str = None
     alpha: float = 1.0
+    hard_loss: str = "score"
+    negative_threshold: float = 0.0
     temperature: float = None
     similarity_scale: float = 10.0
     similarity_threshold: float = 0.0
@@ -122,6 +125,7 @@ class DistillConfig:
                 "alpha": (0.0, 1.0),
                 "dropout": (0.0, 0.99),
                 "similarity_threshold": (-1.0, 1.0),
+                "negative_threshold": (-1.0, 1.0),
             },
         )
         # The objective's own rules (which loss, whether a temperature applies),
@@ -183,6 +187,10 @@ HELP = {
     "objective": "embedding, score or soft_label",
     "distillation_loss": "override the objective's loss (a kd_keras.losses name)",
     "alpha": "weight of the distillation term (1 - alpha weights the gold score)",
+    "hard_loss": "the gold term: score (MSE of the cosine to gold / max-score) or binary (0/1 "
+    "labels, the BERT-to-DSSM hard loss y (1 - s)^2 / 4 + (1 - y) s^2 [s > negative threshold]; "
+    "use --max-score 1)",
+    "negative_threshold": "binary hard loss: cosine above which a 0-labeled pair is pushed apart",
     "temperature": "temperature of the soft_label losses",
     "similarity_scale": "scale of the two-class similarity logits",
     "similarity_threshold": "cosine at which the two-class soft labels are 50/50 (a teacher whose "

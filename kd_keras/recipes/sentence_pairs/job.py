@@ -212,11 +212,16 @@ def _compiled_distiller(c, encoder, steps):
 
     from kd_keras import Distiller
     from kd_keras.recipes.sentence_pairs.objectives import (
+        BinaryPairLoss,
         GoldScoreMSE,
         objective_loss,
         pair_training_model,
     )
 
+    if c.hard_loss == "binary":
+        hard_loss = BinaryPairLoss(threshold=c.negative_threshold)
+    else:
+        hard_loss = GoldScoreMSE(c.max_score)
     train_model = pair_training_model(
         encoder, scale=c.similarity_scale, threshold=c.similarity_threshold
     )
@@ -231,7 +236,7 @@ def _compiled_distiller(c, encoder, steps):
         )
     distiller.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        student_loss=GoldScoreMSE(c.max_score),
+        student_loss=hard_loss,
         distillation_loss=loss,
         alpha=c.alpha,
     )
