@@ -51,8 +51,26 @@ OBJECTIVES = {
 }
 
 
+class _LabeledPairLoss(keras.losses.Loss):
+    """A per-pair loss averaged over the labeled pairs only (NaN labels weigh 0).
+
+    Subclasses give `per_pair(label, score)`, with NaN labels replaced by 0.
+    """
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
+        labeled = tf.math.is_finite(y_true)
+        weights = tf.cast(labeled, tf.float32)
+        if sample_weight is not None:
+            weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        label = tf.where(labeled, y_true, tf.zeros_like(y_true))
+        total = tf.reduce_sum(weights * self.per_pair(label, y_pred))
+        return _scale_for_distribution(tf.math.divide_no_nan(total, tf.reduce_sum(weights)))
+
+
 @keras.saving.register_keras_serializable(package="kd_keras")
-class GoldScoreMSE(keras.losses.Loss):
+class GoldScoreMSE(_LabeledPairLoss):
     """MSE between predicted and gold scores over the labeled pairs only.
 
     Formula:
@@ -71,23 +89,15 @@ class GoldScoreMSE(keras.losses.Loss):
         super().__init__(name=name, reduction="none", dtype="float32")
         self.max_score = float(max_score)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
-        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
-        labeled = tf.math.is_finite(y_true)
-        weights = tf.cast(labeled, tf.float32)
-        if sample_weight is not None:
-            weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        target = tf.where(labeled, y_true / self.max_score, tf.zeros_like(y_true))
-        total = tf.reduce_sum(weights * tf.square(target - y_pred))
-        return _scale_for_distribution(tf.math.divide_no_nan(total, tf.reduce_sum(weights)))
+    def per_pair(self, label, score):
+        return tf.square(label / self.max_score - score)
 
     def get_config(self):
         return {"max_score": self.max_score, "name": self.name}
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
-class BinaryPairLoss(keras.losses.Loss):
+class BinaryPairLoss(_LabeledPairLoss):
     """Hard loss of 0/1-labeled pairs on the cosine, over the labeled pairs only.
 
     A similar pair (`y = 1`) is pulled towards cosine 1; a dissimilar one
@@ -109,18 +119,9 @@ class BinaryPairLoss(keras.losses.Loss):
         super().__init__(name=name, reduction="none", dtype="float32")
         self.threshold = float(threshold)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
-        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
-        labeled = tf.math.is_finite(y_true)
-        weights = tf.cast(labeled, tf.float32)
-        if sample_weight is not None:
-            weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        label = tf.where(labeled, y_true, tf.zeros_like(y_true))
-        gate = tf.cast(y_pred > self.threshold, tf.float32)
-        per_pair = label * tf.square(1.0 - y_pred) / 4.0 + (1.0 - label) * tf.square(y_pred) * gate
-        total = tf.reduce_sum(weights * per_pair)
-        return _scale_for_distribution(tf.math.divide_no_nan(total, tf.reduce_sum(weights)))
+    def per_pair(self, label, score):
+        gate = tf.cast(score > self.threshold, tf.float32)
+        return label * tf.square(1.0 - score) / 4.0 + (1.0 - label) * tf.square(score) * gate
 
     def get_config(self):
         return {"threshold": self.threshold, "name": self.name}
