@@ -2,12 +2,15 @@
 
 Every model is a raw-text SavedModel (`kd_keras.serving`; the `student/` of a
 `kd-keras distill` run folder, or a teacher export) and is measured the same
-way, one after the other, each in a fresh process
+way, its quality and latency in a fresh process of its own
 (`kd_keras.evaluation.evaluate_text_export_in_subprocess`):
 
 - STS-B test Spearman x100 of the cosine of the two sentences' embeddings
   (and dev Spearman);
-- batch-64 sentences per second through `embed` over the test sentences;
+- batch-64 sentences per second through `embed` over the test sentences, all
+  models timed in turns in one process (`compare_throughput`), so that a
+  machine whose speed drifts weighs on all alike; the speed-up is the median
+  of the rounds' ratios to the first model;
 - batch-1 latency (p50) through `embed`, one test sentence per call;
 - the SavedModel's size on disk.
 
@@ -40,26 +43,41 @@ def _parse_args(argv):
     )
     parser.add_argument("--test", default=None, help="test pairs (default: STS-B test)")
     parser.add_argument("--dev", default=None, help="dev pairs (default: STS-B dev)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="throughput duration")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="throughput duration per model, all rounds"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="turns of the throughput timing")
     parser.add_argument("--latency-calls", type=int, default=200, help="batch-1 calls")
     parser.add_argument("--plot", type=pathlib.Path, default=None, help="PNG of the frontier")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="the table as JSON")
     return parser.parse_args(argv)
 
 
-def measure(models, test, dev, seconds, latency_calls):
-    """One row per model: Spearman, throughput, latency, size."""
-    from kd_keras.evaluation import evaluate_text_export_in_subprocess
+def measure(models, test, dev, seconds, latency_calls, rounds=5):
+    """One row per model: Spearman, throughput, latency, size.
+
+    The throughput of all models is timed in turns in one process
+    (`compare_throughput`: `rounds` rounds sharing `seconds` per model); the
+    speed-up is the median of the rounds' ratios to the first model.
+    """
+    from kd_keras.evaluation import (
+        compare_throughput_in_subprocess,
+        evaluate_text_export_in_subprocess,
+    )
     from kd_keras.storage import directory_size
 
     rows = []
     speed_sentences = list(test[0]) + list(test[1])
-    for name, path in models:
+    speeds = compare_throughput_in_subprocess(
+        [path for _, path in models], speed_sentences, rounds, seconds / rounds
+    )
+    print("measured the throughput", file=sys.stderr)
+    for (name, path), speed in zip(models, speeds, strict=True):
         r = evaluate_text_export_in_subprocess(
             path,
             *test,
             speed_sentences,
-            seconds,
+            None,
             other_sets={"dev": dev},
             latency_calls=latency_calls,
         )
@@ -69,15 +87,14 @@ def measure(models, test, dev, seconds, latency_calls):
                 "export": str(path),
                 "test_spearman": r["spearman"],
                 "dev_spearman": r["sets"]["dev"]["spearman"],
-                "sentences_per_second": r["sentences_per_second"],
+                "sentences_per_second": speed["sentences_per_second"],
+                "speed_rounds": speed["rounds"],
+                "speedup": speed["ratio"],
                 "p50_ms": r["latency"]["p50_ms"],
                 "size_mib": directory_size(path) / 2**20,
             }
         )
         print(f"measured {name}", file=sys.stderr)
-    reference = rows[0]["sentences_per_second"]
-    for row in rows:
-        row["speedup"] = row["sentences_per_second"] / reference
     return rows
 
 
@@ -140,7 +157,7 @@ def main(argv=None):
 
     test = read_pairs(args.test or data_path("stsb", "sts-test.csv"))
     dev = read_pairs(args.dev or data_path("stsb", "sts-dev.csv"))
-    rows = measure(models, test, dev, args.seconds, args.latency_calls)
+    rows = measure(models, test, dev, args.seconds, args.latency_calls, args.rounds)
     print(f"{cpu_description()}; {len(test[0])} test pairs; speed over their sentences")
     print_table(rows)
     if args.json:

@@ -11,6 +11,8 @@ import time
 import numpy as np
 
 __all__ = [
+    "compare_throughput",
+    "compare_throughput_in_subprocess",
     "cpu_description",
     "evaluate_text_export",
     "evaluate_text_export_in_subprocess",
@@ -96,6 +98,65 @@ def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batc
     return {"sentences_per_second": count / elapsed, "seconds": elapsed, "sentences": count}
 
 
+def compare_throughput(paths, sentences, rounds=5, seconds=2.0, batch_size=64):
+    """Sentences per second of several raw-text exports, timed in turns.
+
+    Every export is loaded in this one process and warmed up; then each of
+    `rounds` rounds runs every model's `embed`, one model after the other,
+    over the round's share of the batches (every `rounds`-th batch), repeated
+    until `seconds` have passed (`throughput`). A machine whose speed drifts
+    while it is measured (a shared or throttled CPU) so weighs on all models
+    alike, and the speed-up of a model over the first one is the median of
+    the per-round ratios. A slow model runs each batch at least once, so one
+    round takes it about a `rounds`-th of a pass over `sentences`.
+
+    Args:
+        paths: folders of raw-text SavedModels (`kd_keras.serving`); the
+            first is the reference of the ratios.
+        sentences: list of str, run through `embed` in batches.
+        rounds: int >= 1.
+        seconds: float. Minimum duration of each model's turn in a round.
+        batch_size: int.
+
+    Returns:
+        A list, one dict per path: `sentences_per_second` (median over the
+        rounds), `rounds` (each round's figure) and `ratio` (median over the
+        rounds of this model's speed over the first's).
+    """
+    import tensorflow as tf
+
+    from kd_keras.serving import load_text_export
+
+    if int(rounds) < 1:
+        raise ValueError(f"`rounds` must be at least 1; received {rounds!r}.")
+    embeds = [load_text_export(path).signatures["embed"] for path in paths]
+    fns = [lambda batch, embed=embed: embed(sentences=tf.constant(batch)) for embed in embeds]
+    for fn in fns:  # tracing and caches before any turn
+        throughput(fn, sentences, batch_size, warmup=1, min_seconds=0.0, max_batches=2)
+    batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
+    shares = [[s for b in batches[r :: int(rounds)] for s in b] for r in range(int(rounds))]
+    speeds = np.array(
+        [
+            [
+                throughput(fn, share or sentences, batch_size, warmup=0, min_seconds=seconds)[
+                    "sentences_per_second"
+                ]
+                for fn in fns
+            ]
+            for share in shares
+        ]
+    )
+    ratios = np.median(speeds / speeds[:, :1], axis=0)
+    return [
+        {
+            "sentences_per_second": float(np.median(speeds[:, i])),
+            "rounds": speeds[:, i].tolist(),
+            "ratio": float(ratios[i]),
+        }
+        for i in range(len(fns))
+    ]
+
+
 def latency(fn, sentences, calls=200, warmup=3, max_seconds=30.0):
     """Per-call milliseconds of `fn([one sentence])`, over `calls` sentences in turn.
 
@@ -138,7 +199,8 @@ def evaluate_text_export(
         gold: gold scores of the pairs.
         speed_sentences: list of str run through `embed`, batch 64, for the
             throughput.
-        seconds: float. Minimum duration of the throughput measurement.
+        seconds: float. Minimum duration of the throughput measurement;
+            `None` for none (`compare_throughput` times several models).
         other_sets: dict `{name: (sentences_a, sentences_b, gold)}` of more
             pair sets to score (a dev split).
         latency_calls: int. Batch-1 calls of `embed` to time after the
@@ -170,19 +232,19 @@ def evaluate_text_export(
     for name, (a, b, g) in (other_sets or {}).items():
         other = pair_scores(a, b)
         sets[name] = {"spearman": 100 * spearman(other, g), "pearson": 100 * pearson(other, g)}
-    speed = throughput(
-        lambda batch: embed(sentences=tf.constant(batch)),
-        speed_sentences,
-        batch_size=64,
-        min_seconds=seconds,
-    )
     result = {
         "scores": scores.tolist(),
         "spearman": 100 * spearman(scores, gold),
         "pearson": 100 * pearson(scores, gold),
-        "sentences_per_second": speed["sentences_per_second"],
         "sets": sets,
     }
+    if seconds is not None:
+        result["sentences_per_second"] = throughput(
+            lambda batch: embed(sentences=tf.constant(batch)),
+            speed_sentences,
+            batch_size=64,
+            min_seconds=seconds,
+        )["sentences_per_second"]
     if latency_calls:
         result["latency"] = latency(
             lambda batch: embed(sentences=tf.constant(batch)), speed_sentences, latency_calls
@@ -206,18 +268,36 @@ def evaluate_text_export_in_subprocess(
     still runs (input pipelines, thread pools of a finished `fit`).
     """
     request = {
+        "task": "evaluate",
         "path": str(path),
         "sentences_a": list(sentences_a),
         "sentences_b": list(sentences_b),
         "gold": np.asarray(gold, dtype=np.float64).tolist(),
         "speed_sentences": list(speed_sentences),
-        "seconds": float(seconds),
+        "seconds": None if seconds is None else float(seconds),
         "latency_calls": int(latency_calls),
         "other_sets": {
             name: [list(a), list(b), np.asarray(g, dtype=np.float64).tolist()]
             for name, (a, b, g) in (other_sets or {}).items()
         },
     }
+    return _in_subprocess(request, f"Evaluating {path}")
+
+
+def compare_throughput_in_subprocess(paths, sentences, rounds=5, seconds=2.0):
+    """`compare_throughput` in a fresh Python process (see
+    `evaluate_text_export_in_subprocess`)."""
+    request = {
+        "task": "throughput",
+        "paths": [str(p) for p in paths],
+        "sentences": list(sentences),
+        "rounds": int(rounds),
+        "seconds": float(seconds),
+    }
+    return _in_subprocess(request, "Timing " + ", ".join(request["paths"]))
+
+
+def _in_subprocess(request, what):
     with tempfile.TemporaryDirectory() as tmp:
         request_path = os.path.join(tmp, "request.json")
         result_path = os.path.join(tmp, "result.json")
@@ -229,7 +309,7 @@ def evaluate_text_export_in_subprocess(
             text=True,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"Evaluating {path} failed:\n{done.stderr[-4000:]}")
+            raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
         with open(result_path, encoding="utf-8") as f:
             return json.load(f)
 
@@ -238,6 +318,13 @@ def _main(argv):
     request_path, result_path = argv
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
+    if request["task"] == "throughput":
+        result = compare_throughput(
+            request["paths"], request["sentences"], request["rounds"], request["seconds"]
+        )
+        with open(result_path, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        return
     result = evaluate_text_export(
         request["path"],
         request["sentences_a"],

@@ -34,3 +34,51 @@ def test_throughput_and_latency_count_what_they_ran():
     timed = latency(fn, sentences, calls=7, warmup=2)
     assert calls == [1] * 9 and timed["calls"] == 7
     assert 1.5 <= timed["p50_ms"] <= timed["p99_ms"] < 1000
+
+
+def test_compare_throughput_times_the_models_in_turns(monkeypatch):
+    import types
+
+    from kd_keras import evaluation, serving
+
+    order, firsts = [], []
+
+    def fake_export(name, pause):
+        def embed(sentences):
+            order.append(name)
+            firsts.append((name, sentences.numpy()[0].decode()))
+            time.sleep(pause)
+
+        return types.SimpleNamespace(signatures={"embed": embed})
+
+    exports = {"teacher": fake_export("teacher", 0.004), "student": fake_export("student", 0.001)}
+    monkeypatch.setattr(serving, "load_text_export", lambda path: exports[path])
+    sentences = [f"s{i}" for i in range(9)]
+    rows = evaluation.compare_throughput(
+        ["teacher", "student"], sentences, rounds=3, seconds=0.01, batch_size=3
+    )
+    # Warm-up of each, then three rounds of teacher turn, student turn.
+    turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert turns == ["teacher", "student"] * 4
+    # Round r times every model on the same share: the r-th batch of three.
+    timed = firsts[6:]  # after the warm-up: three calls of each
+    shares = [sorted({first for _, first in group}) for group in _turns(timed)]
+    assert shares == [["s0"], ["s0"], ["s3"], ["s3"], ["s6"], ["s6"]]
+    for row in rows:
+        assert len(row["rounds"]) == 3
+        assert row["sentences_per_second"] == pytest.approx(np.median(row["rounds"]))
+    ratios = np.array(rows[1]["rounds"]) / np.array(rows[0]["rounds"])
+    assert rows[1]["ratio"] == pytest.approx(np.median(ratios))
+    assert rows[0]["ratio"] == 1.0
+    with pytest.raises(ValueError, match="rounds"):
+        evaluation.compare_throughput(["teacher"], sentences, rounds=0)
+
+
+def _turns(calls):
+    """Consecutive calls of one model, grouped."""
+    groups = []
+    for name, first in calls:
+        if not groups or groups[-1][0][0] != name:
+            groups.append([])
+        groups[-1].append((name, first))
+    return groups

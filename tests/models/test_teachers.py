@@ -228,6 +228,16 @@ def test_token_ids_match_hf_tokenizer(minilm):
         assert not inputs["token_ids"][i, n:].any()
     # The long text really is truncated at 256 = max_seq_length.
     assert max(len(t) for t in REFERENCE["token_ids"]) == 256
+    # ASCII rows take a shorter normalization path: alone in a batch, and
+    # interleaved with non-ASCII rows, they give the same ids.
+    ascii_rows = [i for i, s in enumerate(REFERENCE["sentences"]) if s.isascii()]
+    other_rows = [i for i, s in enumerate(REFERENCE["sentences"]) if not s.isascii()]
+    assert len(ascii_rows) >= 5 and len(other_rows) >= 5
+    for rows in (ascii_rows, other_rows, other_rows[::-1] + ascii_rows[::2]):
+        inputs = packed(preprocessor, [REFERENCE["sentences"][i] for i in rows])
+        for k, i in enumerate(rows):
+            n = int(inputs["padding_mask"][k].sum())
+            assert inputs["token_ids"][k, :n].tolist() == REFERENCE["token_ids"][i]
 
 
 def test_pair_token_ids_match_hf_longest_first(minilm):

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kd_keras import losses as kd_losses
 from kd_keras.recipes.sentence_pairs.objectives import (
+    BatchSimilarityLoss,
     BinaryPairLoss,
     GoldScoreMSE,
     objective_loss,
@@ -61,6 +62,64 @@ def test_objective_loss_choices():
         objective_loss("embedding", temperature=2.0)
     with pytest.raises(ValueError, match="positive"):
         objective_loss("soft_label", temperature=0.0)
+    output, loss = objective_loss("relational")
+    assert output == "embeddings" and isinstance(loss, BatchSimilarityLoss)
+    with pytest.raises(ValueError, match="own loss"):
+        objective_loss("relational", "logit_mse")
+
+
+# === BatchSimilarityLoss ===
+
+
+def batch_similarity_numpy(teacher, student, weight):
+    t = np.asarray(teacher, np.float64).reshape(-1, teacher.shape[-1])
+    s = np.asarray(student, np.float64).reshape(-1, student.shape[-1])
+    embedding = np.mean((s - t) ** 2)
+    cos_t, cos_s = unit(t) @ unit(t).T, unit(s) @ unit(s).T
+    n = len(t)
+    off = ~np.eye(n, dtype=bool)
+    return embedding + weight * np.mean((cos_s - cos_t)[off] ** 2)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 3.5])
+def test_batch_similarity_loss_matches_numpy(weight):
+    rng = np.random.default_rng(4)
+    teacher = rng.normal(size=(5, 2, 6)).astype(np.float32)
+    student = rng.normal(size=(5, 2, 6)).astype(np.float32)
+    got = float(BatchSimilarityLoss(weight)(teacher, student))
+    assert got == pytest.approx(batch_similarity_numpy(teacher, student, weight), rel=1e-5)
+    # Identical embeddings cost nothing.
+    assert float(BatchSimilarityLoss(weight)(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batch_similarity_loss_sees_the_cosines_between_pairs():
+    # Two students with the same per-sentence error, one keeping the teacher's
+    # cosines between sentences and one not: only the relational term tells.
+    rng = np.random.default_rng(5)
+    teacher = unit(rng.normal(size=(4, 2, 8))).astype(np.float32)
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    rotated = (teacher @ rotation.T).astype(np.float32)  # all cosines kept
+    assert float(BatchSimilarityLoss(0.0)(teacher, rotated)) > 0.0
+    assert float(BatchSimilarityLoss(1.0)(teacher, rotated)) == pytest.approx(
+        float(BatchSimilarityLoss(0.0)(teacher, rotated)), abs=1e-6
+    )
+    shuffled = rotated.reshape(8, 8)[rng.permutation(8)].reshape(4, 2, 8)
+    assert float(BatchSimilarityLoss(1.0)(teacher, shuffled)) > float(
+        BatchSimilarityLoss(0.0)(teacher, shuffled)
+    )
+
+
+def test_batch_similarity_loss_gradient_and_config():
+    teacher = tf.constant(np.random.default_rng(6).normal(size=(3, 2, 4)), tf.float32)
+    student = tf.Variable(tf.random.normal([3, 2, 4], seed=1))
+    with tf.GradientTape() as tape:
+        value = BatchSimilarityLoss(2.0)(teacher, student)
+    assert np.all(np.isfinite(tape.gradient(value, student).numpy()))
+    loss = BatchSimilarityLoss(0.5)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, BatchSimilarityLoss) and restored.weight == 0.5
+    with pytest.raises(ValueError, match="weight"):
+        BatchSimilarityLoss(-1.0)
 
 
 # === BinaryPairLoss ===

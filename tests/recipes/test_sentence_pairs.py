@@ -59,6 +59,7 @@ def tiny_config(files, out, cache, **overrides):
         hidden_dim=8,
         embedding_init="random",  # vocabulary distillation: tests/test_student_init.py
         epochs=1,
+        steps_per_epoch=0,  # one pass over the tiny transfer set
         batch_size=32,
         checkpoints_per_epoch=2,
         throughput_seconds=0.2,
@@ -127,7 +128,20 @@ def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setu
         raise AssertionError("the teacher pass should come from the cache")
 
     monkeypatch.setattr(teacher_pass, "run_teacher", no_teacher_pass)
+    # Nor over the test and dev pairs: the teacher export's figures are cached.
+    from kd_keras import evaluation
+
+    evaluated = []
+    evaluate = evaluation.evaluate_text_export_in_subprocess
+
+    def record(path, *args, **kwargs):
+        evaluated.append(str(path))
+        return evaluate(path, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_text_export_in_subprocess", record)
+    assert len(list(cache.glob("teacher-scores-*.npz"))) == 1
     again = sentence_pairs.run(tiny_config(files, root / "run2", cache), progress=False)
+    assert evaluated == [str(root / "run2" / "student")]
     assert again["models"]["teacher"]["spearman"] == pytest.approx(
         on_disk["models"]["teacher"]["spearman"], abs=1e-9
     )
@@ -353,11 +367,19 @@ def test_unlabeled_sentences_from_several_files_globs_and_gz(tmp_path):
     config = sentence_pairs.DistillConfig(
         unlabeled=f"{tmp_path / 'a.txt'}, {tmp_path / '*.gz'}", unlabeled_limit=100
     ).resolved()
-    _, unlabeled = job._load_data(config)
+    _, unlabeled, mix = job._load_data(config)
     assert sorted(unlabeled) == ["five", "four", "one", "three", "two"]
+    assert mix == {"a.txt": 2, "b.txt.gz": 2, "c.txt.gz": 1}
     config.unlabeled_limit = 2
-    _, sample = job._load_data(config)
+    _, sample, mix = job._load_data(config)
     assert len(sample) == 2 and set(sample) <= set(unlabeled)
+    # The mix counts each sampled sentence under the file it came from.
+    source = {"one": "a.txt", "two": "a.txt", "three": "b.txt.gz", "four": "b.txt.gz"}
+    source["five"] = "c.txt.gz"
+    expected = {}
+    for sentence in sample:
+        expected[source[sentence]] = expected.get(source[sentence], 0) + 1
+    assert mix == expected
     config.unlabeled = str(tmp_path / "*.csv")
     with pytest.raises(DataError, match="no file matches"):
         job._load_data(config)
@@ -394,7 +416,8 @@ def test_two_workers_train_the_student_of_one_process(tiny_setup, tmp_path):
 
     root, files = tiny_setup
     settings = dict(files, unlabeled_limit=60, augment=1, repaired_pairs=20, embedding_dim=16)
-    settings.update(hidden_dim=8, embedding_init="random", epochs=1, batch_size=32)
+    settings.update(hidden_dim=8, embedding_init="random", epochs=1, steps_per_epoch=0)
+    settings.update(batch_size=32)
     # No dropout: each replica would draw its own masks, the same in law as
     # one process's but not bit for bit.
     settings.update(checkpoints_per_epoch=2, throughput_seconds=0.2, dropout=0.0)
@@ -456,9 +479,20 @@ def test_static_student_end_to_end_from_vocabulary_distillation(tiny_setup):
     root, files = tiny_setup
     out = root / "static"
     metrics = sentence_pairs.run(
-        tiny_config(files, out, root / "cache", student="static", embedding_init="vocab"),
+        tiny_config(
+            files,
+            out,
+            root / "cache",
+            student="static",
+            embedding_init="vocab",
+            objective="relational",
+            steps_per_epoch=4,
+            epochs=2,
+        ),
         progress=False,
     )
+    assert metrics["training"]["steps"] == 8  # --steps-per-epoch, whatever the data size
+    assert "2 epoch(s) of 4 steps" in (out / "report.md").read_text()
     student = metrics["models"]["student"]
     fresh_spearman, _ = evaluate_export(out / "student", files["test"])
     assert student["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)

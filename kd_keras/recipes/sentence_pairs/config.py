@@ -13,7 +13,7 @@ CHOICES = {
     "student": ("bilstm", "static", "tiny_bert"),
     "embedding_init": ("random", "teacher", "vocab"),
     "lr_schedule": ("cosine", "constant"),
-    "objective": ("embedding", "score", "soft_label"),
+    "objective": ("embedding", "score", "soft_label", "relational"),
     "teacher_precision": ("float32", "bfloat16"),
     "hard_loss": ("score", "binary"),
     "store": ("float32", "float16"),
@@ -26,8 +26,8 @@ class DistillConfig:
     """Settings of a `kd-keras distill` run; the flags mirror the fields (`HELP`).
 
     Data: `train`, `dev`, `test` default to the STS-B splits of the data
-    folder (`kd_keras.data.data_dir`); `unlabeled` to its SST-2 training
-    phrases (`"none"` for no unlabeled sentences).
+    folder (`kd_keras.data.data_dir`); `unlabeled` to its English transfer
+    corpus, `transfer-en/*.txt.gz` (`"none"` for no unlabeled sentences).
     """
 
     teacher: str = "default"
@@ -43,7 +43,7 @@ class DistillConfig:
     score: str = "score"
     max_score: float = 5.0
     unlabeled: str = None
-    unlabeled_limit: int = 20000
+    unlabeled_limit: int = 40000
     labels: str = None
     augment: int = 1
     repaired_pairs: int = 0
@@ -65,6 +65,7 @@ class DistillConfig:
     similarity_scale: float = 10.0
     similarity_threshold: float = 0.0
     epochs: int = 4
+    steps_per_epoch: int = 400
     batch_size: int = 64
     learning_rate: float = 2e-3
     lr_schedule: str = "constant"
@@ -80,8 +81,8 @@ class DistillConfig:
     def resolved(self):
         """A copy with the default data files and folders filled in.
 
-        Data files default to the data folder's STS-B splits and SST-2
-        phrases; `output_dir` to `runs/<timestamp>` and `cache_dir` to
+        Data files default to the data folder's STS-B splits and English
+        transfer corpus; `output_dir` to `runs/<timestamp>` and `cache_dir` to
         `runs/cache`, both under the current directory.
         """
         from kd_keras.data import data_path
@@ -95,7 +96,7 @@ class DistillConfig:
             if getattr(c, split) is None:
                 setattr(c, split, data_path("stsb", name, override=c.data_dir))
         if c.unlabeled is None:
-            c.unlabeled = data_path("sst2", "sentiment-train", override=c.data_dir)
+            c.unlabeled = data_path("transfer-en", "*.txt.gz", override=c.data_dir)
         if c.unlabeled == "none":
             c.unlabeled = None
         runs = pathlib.Path.cwd() / "runs"
@@ -111,7 +112,9 @@ class DistillConfig:
             self,
             at_least={
                 **dict.fromkeys(_AT_LEAST_ONE, 1),
-                **dict.fromkeys(("unlabeled_limit", "augment", "repaired_pairs", "seed"), 0),
+                **dict.fromkeys(
+                    ("unlabeled_limit", "augment", "repaired_pairs", "seed", "steps_per_epoch"), 0
+                ),
                 "sequence_length": 3,  # room for [CLS], a token and [SEP]
             },
             positive=(
@@ -165,8 +168,8 @@ HELP = {
     "score": "column / key of the gold score",
     "max_score": "largest gold score (scores are divided by it)",
     "unlabeled": "extra unlabeled sentences, one per line (its first tab-separated field): files "
-    "or globs, comma-separated, plain or .gz, e.g. 'data/transfer-en/*.txt.gz' ('none' to skip; "
-    "default SST-2)",
+    "or globs, comma-separated, plain or .gz ('none' to skip; default: the data folder's "
+    "transfer-en/*.txt.gz, 1.05M sentences of 23 sources)",
     "unlabeled_limit": "how many unlabeled sentences to sample (at random, seeded) from them all",
     "labels": "labels folders made by `kd-keras label` with the same teacher (comma-separated), "
     "streamed as more unlabeled pairs",
@@ -184,7 +187,8 @@ HELP = {
     "bert_intermediate_dim": "tiny-BERT feedforward units per layer (the teacher's strongest; "
     "default: all)",
     "embedding_init": "BiLSTM embeddings: random, teacher (PCA of the teacher's) or vocab",
-    "objective": "embedding, score or soft_label",
+    "objective": "embedding, score, soft_label or relational (embedding MSE plus the MSE of the "
+    "cosines between every two sentences of the batch)",
     "distillation_loss": "override the objective's loss (a kd_keras.losses name)",
     "alpha": "weight of the distillation term (1 - alpha weights the gold score)",
     "hard_loss": "the gold term: score (MSE of the cosine to gold / max-score) or binary (0/1 "
@@ -195,7 +199,9 @@ HELP = {
     "similarity_scale": "scale of the two-class similarity logits",
     "similarity_threshold": "cosine at which the two-class soft labels are 50/50 (a teacher whose "
     "cosines all sit high, as unnormalized mean-pooled ones do, needs it near their middle)",
-    "epochs": "passes over the transfer set",
+    "epochs": "passes over the transfer set (of --steps-per-epoch steps each, when given)",
+    "steps_per_epoch": "training steps per epoch, fixing the training time whatever the corpus "
+    "size (0: one pass over the transfer set)",
     "batch_size": "pairs per step",
     "learning_rate": "Adam learning rate (the peak, with --lr-schedule cosine)",
     "lr_schedule": "cosine (decay to 0 over the run) or constant",

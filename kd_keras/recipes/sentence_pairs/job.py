@@ -34,6 +34,9 @@ from kd_keras.recipes.config import ConfigError
 from kd_keras.recipes.sentence_pairs.config import DistillConfig
 from kd_keras.storage import digest, directory_size, write_json_atomic
 
+# Turns of the side-by-side throughput measurement (`compare_throughput`).
+THROUGHPUT_ROUNDS = 5
+
 __all__ = ["run"]
 
 
@@ -59,7 +62,7 @@ def _writable_folder(path, flag):
 
 
 def _load_data(c):
-    """`({split: (a, b, scores)}, unlabeled sentences)`."""
+    """`({split: (a, b, scores)}, unlabeled sentences, {file name: sentences sampled})`."""
     import numpy as np
 
     from kd_keras.data import corpus_files, read_pairs, read_sentences
@@ -72,15 +75,23 @@ def _load_data(c):
         max_score=c.max_score,
     )
     data = {split: read_pairs(getattr(c, split), **kwargs) for split in ("train", "dev", "test")}
-    unlabeled = []
+    unlabeled, mix = [], {}
     if c.unlabeled and c.unlabeled_limit:
         # Several files or globs, comma-separated, plain or .gz; the first
         # tab-separated field of each line (a plain line is all of it).
         files = corpus_files(p.strip() for p in c.unlabeled.split(",") if p.strip())
-        unlabeled = [s for path in files for s in read_sentences(path)]
+        sizes = []
+        for path in files:
+            sentences = read_sentences(path)
+            sizes.append(len(sentences))
+            unlabeled.extend(sentences)
         order = np.random.default_rng(c.seed).permutation(len(unlabeled))[: c.unlabeled_limit]
         unlabeled = [unlabeled[i] for i in order]
-    return data, unlabeled
+        owner = np.searchsorted(np.cumsum(sizes), order, side="right")
+        for k, count in zip(*np.unique(owner, return_counts=True), strict=True):
+            name = os.path.basename(str(files[k]))
+            mix[name] = mix.get(name, 0) + int(count)
+    return data, unlabeled, mix
 
 
 def _teacher_tables(c, teacher, pairs, dev, cache, progress):
@@ -259,6 +270,8 @@ def _train(c, out, data, encoder, preprocessor, progress, strategy):
     train_ds, val_ds, steps = pair_datasets(
         c, pairs, tables, preprocessor, encoder, dev, labels=labels
     )
+    if c.steps_per_epoch:
+        steps = c.steps_per_epoch
     train_ds = distribute.shard_global_batches(train_ds)
     val_ds = distribute.shard_global_batches(val_ds)
     with strategy.scope():
@@ -295,7 +308,8 @@ def _train(c, out, data, encoder, preprocessor, progress, strategy):
         verbose=0,
         shuffle=False,  # the dataset shuffles itself (Keras would warn that it ignores this)
     )
-    return backup.history, curve.points  # the whole run's, resumed parts included
+    # The whole run's, resumed parts included.
+    return backup.history, curve.points, curve.step
 
 
 def _teacher_export(c, cache, teacher):
@@ -314,9 +328,48 @@ def _teacher_export(c, cache, teacher):
     return teacher_dir
 
 
+def _teacher_quality(c, teacher_dir, test, dev):
+    """The teacher export's test and dev figures, as `evaluate_text_export` gives them.
+
+    Cached beside the export: they depend only on the export (its
+    `fingerprint.pb`, TensorFlow's hash of the graph and the weights) and on
+    the pairs, so a rerun on the same cache reads them instead of running
+    the teacher over both splits again.
+    """
+    import numpy as np
+
+    from kd_keras.evaluation import evaluate_text_export_in_subprocess
+    from kd_keras.storage import cached_arrays, file_sha256
+
+    key = digest(file_sha256(teacher_dir / "fingerprint.pb"), *map(list, test), *map(list, dev))
+    names = ("spearman", "pearson", "dev_spearman", "dev_pearson")
+
+    def compute():
+        r = evaluate_text_export_in_subprocess(
+            teacher_dir, *test, [], None, other_sets={"dev": dev}
+        )
+        dev_figures = r["sets"]["dev"]
+        figures = [r["spearman"], r["pearson"], dev_figures["spearman"], dev_figures["pearson"]]
+        return {"scores": np.asarray(r["scores"]), "figures": np.asarray(figures)}
+
+    arrays = cached_arrays(
+        pathlib.Path(c.cache_dir) / f"teacher-scores-{key}.npz", key, compute, {"figures": names}
+    )
+    figures = dict(zip(names, arrays["figures"].tolist(), strict=True))
+    return {
+        "scores": arrays["scores"].tolist(),
+        "spearman": figures["spearman"],
+        "pearson": figures["pearson"],
+        "sets": {"dev": {"spearman": figures["dev_spearman"], "pearson": figures["dev_pearson"]}},
+    }
+
+
 def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, test, dev):
     """Saves and exports the student, then measures it and the teacher's export."""
-    from kd_keras.evaluation import evaluate_text_export_in_subprocess
+    from kd_keras.evaluation import (
+        compare_throughput_in_subprocess,
+        evaluate_text_export_in_subprocess,
+    )
     from kd_keras.models.heads import build_pair_model
     from kd_keras.serving import export_text_model, save_student
 
@@ -333,17 +386,30 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     export_seconds = time.perf_counter() - t0
 
     speed_sentences = list(test[0]) + list(test[1])
+    # Both models timed in turns in one process, THROUGHPUT_ROUNDS rounds
+    # sharing --throughput-seconds each (`compare_throughput`).
+    speeds = compare_throughput_in_subprocess(
+        [teacher_dir, student_dir],
+        speed_sentences,
+        rounds=THROUGHPUT_ROUNDS,
+        seconds=c.throughput_seconds / THROUGHPUT_ROUNDS,
+    )
     models = {}
-    for name, path, params in (
-        ("teacher", teacher_dir, teacher.count_params()),
-        ("student", student_dir, encoder.count_params()),
+    for (name, path, params), speed in zip(
+        (
+            ("teacher", teacher_dir, teacher.count_params()),
+            ("student", student_dir, encoder.count_params()),
+        ),
+        speeds,
+        strict=True,
     ):
-        r = evaluate_text_export_in_subprocess(
-            path, *test, speed_sentences, c.throughput_seconds, other_sets={"dev": dev}
-        )
+        if name == "teacher":
+            r = _teacher_quality(c, teacher_dir, test, dev)
+        else:
+            r = evaluate_text_export_in_subprocess(path, *test, [], None, other_sets={"dev": dev})
         _log(
             f"{name}: dev Spearman {r['sets']['dev']['spearman']:.2f}, test Spearman "
-            f"{r['spearman']:.2f}, {r['sentences_per_second']:.1f} sentences/s"
+            f"{r['spearman']:.2f}, {speed['sentences_per_second']:.1f} sentences/s"
         )
         models[name] = {
             "spearman": r["spearman"],
@@ -352,14 +418,16 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
             "dev_pearson": r["sets"]["dev"]["pearson"],
             "parameters": int(params),
             "size_bytes": directory_size(path),
-            "sentences_per_second": r["sentences_per_second"],
+            "sentences_per_second": speed["sentences_per_second"],
+            "speed_rounds": speed["rounds"],
+            "speedup": speed["ratio"],
             "export": str(path),
             "scores": r["scores"],
         }
     return models, export_seconds
 
 
-def _metrics(c, transfer, test, models, history, step_loss, timings):
+def _metrics(c, transfer, test, models, history, step_loss, steps, timings):
     t, s = models["teacher"], models["student"]
     return {
         "config": dataclasses.asdict(c),
@@ -370,11 +438,12 @@ def _metrics(c, transfer, test, models, history, step_loss, timings):
         "training": {
             "history": {k: [float(v) for v in vs] for k, vs in history.items()},
             "step_loss": step_loss,
+            "steps": steps,
         },
         "timings": timings,
         "summary": {
             "spearman_kept_pct": 100 * s["spearman"] / t["spearman"],
-            "speedup": s["sentences_per_second"] / t["sentences_per_second"],
+            "speedup": s["speedup"],
         },
     }
 
@@ -420,7 +489,7 @@ def _teacher_side(c, cache, progress, chief):
     transfer summary, seconds of the teacher pass)`."""
     from kd_keras.models.teachers import load_teacher
 
-    data, unlabeled = _load_data(c)
+    data, unlabeled, mix = _load_data(c)
     teacher = load_teacher(c.teacher)
     pairs, free = _transfer_data(c, data, unlabeled, teacher)
     t0 = time.perf_counter()
@@ -428,7 +497,7 @@ def _teacher_side(c, cache, progress, chief):
     folders = _label_folders(c, teacher, free, cache, progress)
     teacher_dir = _teacher_export(c, cache, teacher) if chief else None
     seconds = time.perf_counter() - t0
-    transfer = _transfer_summary(pairs, folders)
+    transfer = {**_transfer_summary(pairs, folders), "unlabeled_mix": mix}
     _log(
         f"transfer set: {transfer['transfer_pairs']} pairs ({transfer['labeled_pairs']} with gold "
         f"scores), {transfer['transfer_sentences']} sentences, "

@@ -21,6 +21,7 @@ three outputs) returns the same from its own embeddings, through the same
 | `embedding` | `embeddings` | `LogitMSE` (MSE of the embeddings) |
 | `score` | `score` | `LogitMSE` (MSE of the cosines) |
 | `soft_label` | `logits` | `SoftTargetMSE(temperature)` (BERT-to-DSSM) or a KL |
+| `relational` | `embeddings` | `BatchSimilarityLoss` (embedding MSE + in-batch cosines) |
 
 The gold term is `GoldScoreMSE` between the student's cosine and the gold
 score divided by `max_score`; unlabeled pairs carry NaN and are left out.
@@ -37,6 +38,7 @@ from kd_keras.models.heads import build_pair_model, cosine_similarity, similarit
 
 __all__ = [
     "OBJECTIVES",
+    "BatchSimilarityLoss",
     "BinaryPairLoss",
     "GoldScoreMSE",
     "objective_loss",
@@ -48,6 +50,7 @@ OBJECTIVES = {
     "embedding": "embeddings",
     "score": "score",
     "soft_label": "logits",
+    "relational": "embeddings",
 }
 
 
@@ -127,6 +130,58 @@ class BinaryPairLoss(_LabeledPairLoss):
         return {"threshold": self.threshold, "name": self.name}
 
 
+@keras.saving.register_keras_serializable(package="kd_keras")
+class BatchSimilarityLoss(keras.losses.Loss):
+    """Embedding MSE plus the MSE of the cosine matrix over every sentence of the batch.
+
+    Relational distillation (Park et al. 2019, with cosines): besides matching
+    each sentence's embedding, the student matches the teacher's cosine
+    between every two sentences of the batch, not only the pairs' own:
+    `2B (2B - 1)` similarities a step instead of `B`. Formula, with
+    `T, S` the teacher's and the student's `[N, D]` embeddings of the
+    batch's `N = 2B` sentences and `C(X)` the cosine matrix of `X`'s rows:
+
+    ```
+    mean_{n, d} (S_nd - T_nd)^2 + weight * mean_{i != j} (C(S)_ij - C(T)_ij)^2
+    ```
+
+    Args:
+        weight: float >= 0. Weight of the cosine-matrix term (0 leaves the
+            plain embedding MSE).
+        name: str.
+
+    Inputs: `y_true`, `y_pred` `[B, 2, D]` (the pair model's `embeddings`).
+    """
+
+    def __init__(self, weight=1.0, name="batch_similarity"):
+        super().__init__(name=name, reduction="none", dtype="float32")
+        if not float(weight) >= 0.0:
+            raise ValueError(f"`weight` must be a number >= 0; received {weight!r}.")
+        self.weight = float(weight)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("BatchSimilarityLoss takes no sample weights.")
+        depth = tf.shape(y_pred)[-1]
+        teacher = tf.reshape(tf.cast(y_true, tf.float32), [-1, depth])
+        student = tf.reshape(tf.cast(y_pred, tf.float32), [-1, depth])
+        embedding = tf.reduce_mean(tf.square(student - teacher))
+
+        def cosines(x):
+            x = tf.math.l2_normalize(x, axis=-1)
+            return tf.matmul(x, x, transpose_b=True)
+
+        n = tf.shape(student)[0]
+        off_diagonal = 1.0 - tf.eye(n, dtype=tf.float32)
+        squared = tf.square(cosines(student) - cosines(teacher)) * off_diagonal
+        pairs = tf.cast(n * (n - 1), tf.float32)
+        relational = tf.math.divide_no_nan(tf.reduce_sum(squared), pairs)
+        return _scale_for_distribution(embedding + self.weight * relational)
+
+    def get_config(self):
+        return {"weight": self.weight, "name": self.name}
+
+
 def pair_training_model(encoder, scale=10.0, threshold=0.0, name="pair_student"):
     """The student's pair model for training: one shared tower, the three outputs.
 
@@ -168,7 +223,7 @@ def objective_loss(objective, distillation_loss=None, temperature=None):
     """`(distill_output, loss object)` for an objective name.
 
     Args:
-        objective: `"embedding"`, `"score"` or `"soft_label"`.
+        objective: `"embedding"`, `"score"`, `"soft_label"` or `"relational"`.
         distillation_loss: `None` for the objective's default, or a
             `kd_keras.losses` name (e.g. `"forward_kl"` for `soft_label`).
         temperature: float or `None`, for the temperature losses (an error
@@ -176,6 +231,10 @@ def objective_loss(objective, distillation_loss=None, temperature=None):
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}.")
+    if objective == "relational":
+        if distillation_loss is not None or temperature is not None:
+            raise ValueError("The 'relational' objective has its own loss and no temperature.")
+        return OBJECTIVES[objective], BatchSimilarityLoss()
     if distillation_loss is None:
         distillation_loss = "soft_target_mse" if objective == "soft_label" else "logit_mse"
     if objective != "soft_label" and distillation_loss != "logit_mse":
