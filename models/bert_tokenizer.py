@@ -213,29 +213,33 @@ class BertPreprocessor(keras.layers.Layer):
             unknown_token=unk_token,
             no_pretokenization=True,
         )
+        # ASCII text without a special token's first character is split and
+        # WordPiece-tokenized by one op (BERT's whitespace and punctuation
+        # split, done in C++), after the same cleaning and lowercasing: on
+        # such text it is exactly the steps below, and several times faster.
+        # A word longer than `max_chars_per_word` characters (= bytes) still
+        # becomes `unk_token`.
+        firsts = {t[0] for t in self.special_tokens}
+        self._simple_pattern = (
+            "[" + "".join(f"\\x{c:02x}" for c in range(128) if chr(c) not in firsts) + "]*"
+        )
+        self._wordpiece_text = tf_text.FastWordpieceTokenizer(
+            vocab=self.vocabulary,
+            suffix_indicator="##",
+            max_bytes_per_word=self.max_chars_per_word,
+            token_out_type=tf.int32,
+            unknown_token=unk_token,
+            no_pretokenization=False,
+        )
 
     # === Text normalization ===
 
     def _normalize(self, text):
-        """The `BertNormalizer` steps on a 1-D string tensor.
-
-        ASCII rows skip the steps that cannot change them (CJK spacing,
-        accent stripping, the sigma rule): most English text is ASCII, and
-        the tokenizer is most of a small student's serving time.
-        """
+        """The `BertNormalizer` steps on a 1-D string tensor."""
         if self.clean_text:
             text = tf.strings.regex_replace(text, r"[\t\n\r]", " ")
             text = tf.strings.regex_replace(text, _REMOVED, "")
             text = tf.strings.regex_replace(text, _WHITESPACE, " ")
-        is_ascii = tf.cast(tf.strings.regex_full_match(text, r"[\x00-\x7f]*"), tf.int32)
-        rows = tf.dynamic_partition(tf.range(tf.size(text)), is_ascii, 2)
-        other, ascii_text = tf.dynamic_partition(text, is_ascii, 2)
-        if self.lowercase:
-            ascii_text = tf.strings.lower(ascii_text)
-        return tf.dynamic_stitch(rows, [self._normalize_unicode(other), ascii_text])
-
-    def _normalize_unicode(self, text):
-        """CJK spacing, accent stripping and lowercasing of any text."""
         if self.tokenize_chinese_chars:
             text = tf.strings.regex_replace(text, _CJK, r" \0 ")
         strip = self.lowercase if self.strip_accents is None else self.strip_accents
@@ -275,6 +279,25 @@ class BertPreprocessor(keras.layers.Layer):
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
         if texts.shape.rank == 0:
             texts = texts[tf.newaxis]
+        if not self.clean_text:
+            return self._tokenize_any(texts)
+        simple = tf.cast(tf.strings.regex_full_match(texts, self._simple_pattern), tf.int32)
+        rows = tf.dynamic_partition(tf.range(tf.size(texts)), simple, 2)
+        other, ascii_text = tf.dynamic_partition(texts, simple, 2)
+        ascii_text = tf.strings.regex_replace(ascii_text, r"[\t\n\r]", " ")
+        ascii_text = tf.strings.regex_replace(ascii_text, r"[\x00-\x1f\x7f]", "")
+        if self.lowercase:
+            ascii_text = tf.strings.lower(ascii_text)
+        ids = tf.concat(
+            [self._tokenize_any(other), self._wordpiece_text.tokenize(ascii_text)], axis=0
+        )
+        return tf.gather(ids, tf.math.invert_permutation(tf.concat(rows, axis=0)))
+
+    def _tokenize_any(self, texts):
+        """`tokenize` of any 1-D string tensor, step by step."""
+        if self.clean_text:
+            # Dropped here already: `regex_split` would end the text at a NUL.
+            texts = tf.strings.regex_replace(texts, r"\x00", "")
         # Split out literal special tokens first, so that they are neither
         # normalized nor split (HF keeps them as single tokens).
         pieces = tf_text.regex_split(

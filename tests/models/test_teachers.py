@@ -240,6 +240,42 @@ def test_token_ids_match_hf_tokenizer(minilm):
             assert inputs["token_ids"][k, :n].tolist() == REFERENCE["token_ids"][i]
 
 
+ASCII_CASES = [
+    "",
+    "   ",
+    "don't stop: U.S.A. costs $100.50 (or 3.14%)!",
+    "".join(chr(c) for c in range(33, 127)),  # every ASCII punctuation mark, letter, digit
+    "a_b e-mail <tag> ~x^y`z {x}|w @me #1 &amp; \\slash 'quote' \"dq\"",
+    "tab\there new\nline cr\rhere vt\x0bff\x0cfs\x1cdel\x7fnul\x00end",
+    "MiXeD CaSe WORDS and UPPER",
+    "a" * 99 + " " + "b" * 100 + " " + "c" * 101 + " ok",
+    "unaffable antidisestablishmentarianism xyzzyq",
+    "hello [MASK] world [SEP] [cls]",  # special tokens: the step-by-step path
+    "nul\x00inside [ and a NUL",
+    "open [ bracket",
+]
+
+
+def test_ascii_fast_path_equals_the_step_by_step_tokenizer(minilm_vocabulary):
+    # ASCII text without "[" goes through one FastWordpiece op that splits
+    # words itself; it must give exactly the ids of the step-by-step path
+    # (which the HF reference checks), here and on every STS-B sentence.
+    from kd_keras.data import data_path, read_pairs
+
+    preprocessor = BertPreprocessor(minilm_vocabulary, sequence_length=512)
+    a, b, _ = read_pairs(data_path("stsb", "sts-test.csv"))
+    texts = ASCII_CASES + list(a) + list(b)
+    fast = preprocessor.tokenize(texts).to_list()
+    slow = preprocessor._tokenize_any(tf.constant(texts)).to_list()
+    for text, got, expected in zip(texts, fast, slow, strict=True):
+        assert got == expected, text
+    assert sum(text.isascii() and "[" not in text for text in texts) > 2000
+    unk = preprocessor.unk_token_id
+    # 99 and 100 characters are still words (WordPiece pieces), 101 are [UNK].
+    assert fast[7][-2:] == [unk, preprocessor.tokenize("ok").to_list()[0][0]]
+    assert unk not in fast[7][:-2]
+
+
 def test_pair_token_ids_match_hf_longest_first(minilm):
     preprocessor = minilm.preprocessor
     first = preprocessor.tokenize([a for a, _ in REFERENCE["pairs"]])
