@@ -69,6 +69,29 @@ def tiny_vocabulary():
     return list(TINY_VOCABULARY)
 
 
+def _hf_tensors(google_weights):
+    """BERT weights under Google names, renamed and laid out as a Hugging Face `BertModel`'s."""
+    tensors = {}
+    for name, value in google_weights.items():
+        key = name[len("bert/") :].replace("/", ".").replace("encoder.layer_", "encoder.layer.")
+        if key.endswith(".kernel"):
+            key, value = key[: -len("kernel")] + "weight", value.T
+        elif key.endswith("LayerNorm.gamma"):
+            key = key[: -len("gamma")] + "weight"
+        elif key.endswith("LayerNorm.beta"):
+            key = key[: -len("beta")] + "bias"
+        elif key.startswith("embeddings.") and "LayerNorm" not in key:
+            key += ".weight"
+        tensors[key] = np.ascontiguousarray(value, "float32")
+    return tensors
+
+
+@pytest.fixture(scope="session")
+def hf_tensors():
+    """`fn(google_weights) -> HF-named float32 tensors` (see `_hf_tensors`)."""
+    return _hf_tensors
+
+
 @pytest.fixture(scope="session")
 def make_bert_encoder():
     """Factory of random `BertEncoder`s (see `_bert_encoder`)."""

@@ -398,24 +398,12 @@ def test_chinese_text_tokenizes_per_character(tmp_path):
 # === Hugging Face folders ===
 
 
-def write_tiny_hf_dir(tmp_path, weights, sentence_transformers=True):
+def write_tiny_hf_dir(tmp_path, tensors, sentence_transformers=True):
+    """A Hugging Face folder of TINY_CONFIG with the HF-named `tensors` (`hf_tensors`)."""
     from safetensors.numpy import save_file
 
     directory = tmp_path / "hf"
     directory.mkdir()
-    tensors = {}
-    for name, value in weights.items():
-        key = name[len("bert/") :].replace("/", ".")
-        key = key.replace("encoder.layer_", "encoder.layer.")
-        if key.endswith(".kernel"):
-            key, value = key[: -len("kernel")] + "weight", value.T
-        elif key.endswith("LayerNorm.gamma"):
-            key = key[: -len("gamma")] + "weight"
-        elif key.endswith("LayerNorm.beta"):
-            key = key[: -len("beta")] + "bias"
-        elif key.startswith("embeddings.") and "LayerNorm" not in key:
-            key += ".weight"
-        tensors[key] = np.ascontiguousarray(value)
     save_file(tensors, str(directory / "model.safetensors"))
     config = dict(TINY_CONFIG, model_type="bert", layer_norm_eps=1e-12)
     (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
@@ -438,9 +426,9 @@ def write_tiny_hf_dir(tmp_path, weights, sentence_transformers=True):
     return directory
 
 
-def test_hf_folder_matches_numpy_reference(tmp_path):
+def test_hf_folder_matches_numpy_reference(tmp_path, hf_tensors):
     weights = random_google_weights(TINY_CONFIG, seed=1)
-    directory = write_tiny_hf_dir(tmp_path, weights)
+    directory = write_tiny_hf_dir(tmp_path, hf_tensors(weights))
     teacher = load_teacher(str(directory))
     # sentence-transformers layout: CLS pooling, no Normalize, 12 tokens.
     assert (teacher.pooling, teacher.normalize, teacher.sequence_length) == ("cls", False, 12)
@@ -453,8 +441,9 @@ def test_hf_folder_matches_numpy_reference(tmp_path):
     np.testing.assert_allclose(run_teacher(teacher, texts), sequence[:, 0], atol=1e-4)
 
 
-def test_hf_folder_without_sentence_transformers_defaults(tmp_path):
-    directory = write_tiny_hf_dir(tmp_path, random_google_weights(TINY_CONFIG), False)
+def test_hf_folder_without_sentence_transformers_defaults(tmp_path, hf_tensors):
+    weights = random_google_weights(TINY_CONFIG)
+    directory = write_tiny_hf_dir(tmp_path, hf_tensors(weights), False)
     teacher = load_teacher(str(directory), normalize=True)
     assert (teacher.pooling, teacher.normalize, teacher.sequence_length) == ("mean", True, 32)
     norms = np.linalg.norm(run_teacher(teacher, ["a cat", "the dog"]), axis=-1)

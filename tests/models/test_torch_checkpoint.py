@@ -281,23 +281,6 @@ TINY_CONFIG = {
 }
 
 
-def hf_state_dict(encoder):
-    """The encoder's weights under Hugging Face `BertModel` names (PyTorch layout)."""
-    tensors = {}
-    for name, value in get_google_weights(encoder).items():
-        key = name[len("bert/") :].replace("/", ".").replace("encoder.layer_", "encoder.layer.")
-        if key.endswith(".kernel"):
-            key, value = key[: -len("kernel")] + "weight", value.T
-        elif key.endswith("LayerNorm.gamma"):
-            key = key[: -len("gamma")] + "weight"
-        elif key.endswith("LayerNorm.beta"):
-            key = key[: -len("beta")] + "bias"
-        elif key.startswith("embeddings.") and "LayerNorm" not in key:
-            key += ".weight"
-        tensors[key] = np.ascontiguousarray(value, "float32")
-    return tensors
-
-
 def tokenizer_json(vocabulary, lowercase=True, strip_accents=None, shuffle=True):
     vocab = {token: i for i, token in enumerate(vocabulary)}
     if shuffle:  # JSON order is not id order
@@ -328,11 +311,11 @@ def tokenizer_json(vocabulary, lowercase=True, strip_accents=None, shuffle=True)
 
 
 def test_pytorch_bin_folder_matches_safetensors_folder(
-    tmp_path, make_bert_encoder, tiny_vocabulary
+    tmp_path, make_bert_encoder, tiny_vocabulary, hf_tensors
 ):
     from safetensors.numpy import save_file
 
-    tensors = hf_state_dict(make_bert_encoder(seed=4, spread=0.2))
+    tensors = hf_tensors(get_google_weights(make_bert_encoder(seed=4, spread=0.2)))
     config = json.dumps(TINY_CONFIG)
     st_dir, bin_dir = tmp_path / "safetensors", tmp_path / "bin"
     for folder in (st_dir, bin_dir):
@@ -382,14 +365,18 @@ def test_tokenizer_json_vocabulary_and_settings(tmp_path):
 
 
 @pytest.mark.parametrize("lowercase, strip_accents", [(False, True), (True, False)])
-def test_tokenizer_json_folder_tokenizes_chinese_as_bert(tmp_path, lowercase, strip_accents):
+def test_tokenizer_json_folder_tokenizes_chinese_as_bert(
+    tmp_path, lowercase, strip_accents, hf_tensors
+):
     folder = tmp_path / "zh"
     folder.mkdir()
     tokenizer = tokenizer_json(CHINESE_VOCAB, lowercase=lowercase, strip_accents=strip_accents)
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
     config = dict(TINY_CONFIG, vocab_size=len(CHINESE_VOCAB))
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    state, storages = as_state_dict(hf_state_dict(encoder_from_bert_config(config)))
+    state, storages = as_state_dict(
+        hf_tensors(get_google_weights(encoder_from_bert_config(config)))
+    )
     write_zip(folder / "pytorch_model.bin", dumps(state), storages)
     preprocessor = load_teacher(str(folder)).preprocessor
     assert (preprocessor.lowercase, preprocessor.strip_accents) == (lowercase, strip_accents)
