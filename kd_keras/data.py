@@ -8,7 +8,8 @@ from a checkout; with none of them, a `DataError` names both ways to give it.
 
 Readers: `read_lines` (UTF-8, byte-order mark skipped, a line at a time),
 `read_stsb`, `read_pairs` (STS-B, CSV, TSV, JSON lines), `read_sentences` (one
-per line) and `read_sst2` (`sentence<TAB>label`). A bad file stops with a
+per line), `read_sst2` (`sentence<TAB>label`) and `read_labeled_texts`
+(labeled texts: CSV, TSV, JSON lines). A bad file stops with a
 `DataError` naming the file and the line.
 """
 
@@ -30,8 +31,10 @@ __all__ = [
     "corpus_files",
     "data_path",
     "iter_corpus",
+    "label_classes",
     "read_lines",
     "read_cnsd",
+    "read_labeled_texts",
     "read_pairs",
     "read_sentences",
     "read_sst2",
@@ -360,6 +363,152 @@ def read_sst2(path, limit=None):
     if not labels:
         raise DataError(f"{path}: no examples found")
     return sentences, np.asarray(labels, np.int32)
+
+
+def _labeled_format(path):
+    """`"jsonl"`, `"tsv"` or `"csv"`: by the extension, else by the first line."""
+    name = str(path).lower().removesuffix(".gz")
+    for ext, format in ((".jsonl", "jsonl"), (".json", "jsonl"), (".tsv", "tsv"), (".csv", "csv")):
+        if name.endswith(ext):
+            return format
+    for _, line in read_lines(path):
+        if line.strip():
+            return "jsonl" if line.lstrip().startswith("{") else "tsv" if "\t" in line else "csv"
+    raise DataError(f"{path}: no labeled texts found (the file is empty)")
+
+
+def _table_records(path, format, names):
+    """`(line number, dict)` of each row of a JSON-lines file, or of a CSV/TSV file
+    with a header row that has the columns `names`."""
+    if format == "jsonl":
+        for number, line in read_lines(path):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{number}: expected a JSON object")
+                yield number, record
+        return
+    lines = list(read_lines(path))
+    text = io.StringIO("\n".join(line for _, line in lines))
+    csv.field_size_limit(sys.maxsize)  # a text may be long (Python's default is 131,072)
+    reader = csv.DictReader(text, delimiter="\t" if format == "tsv" else ",")
+    try:
+        header = reader.fieldnames
+        missing = [n for n in names if header is not None and n not in header]
+        if missing:
+            separator = "tab" if format == "tsv" else "comma"
+            raise DataError(
+                f"{path}:1: missing column {missing[0]!r} (the {separator}-separated header "
+                f"has {header})"
+            )
+        for record in reader:
+            number = lines[reader.line_num - 1][0]
+            if None in record:
+                raise DataError(
+                    f"{path}:{number}: {len(header) + len(record[None])} fields, the header "
+                    f"has {len(header)}"
+                )
+            yield number, record
+    except csv.Error as e:
+        raise DataError(f"{path}:{lines[reader.line_num - 1][0]}: malformed row ({e})") from None
+
+
+def _check_label(path, number, name, value):
+    """A label as read: an int, or a non-empty stripped string."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    got = "an empty string" if isinstance(value, str) else f"{type(value).__name__} {value!r:.60}"
+    raise DataError(f"{path}:{number}: {name!r} must be a string or an integer, got {got}")
+
+
+def _as_integer(label):
+    """The int a label stands for (`3`, `"3"`, `" -1"`), else `None`."""
+    if isinstance(label, int):
+        return label
+    text = label.strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    return int(text) if digits.isdigit() and digits.isascii() else None
+
+
+def label_classes(labels):
+    """The sorted distinct classes of labels: ints when every label is an integer
+    (`3` or `"3"`), else strings (ints written as strings)."""
+    integers = [_as_integer(label) for label in labels]
+    if all(i is not None for i in integers):
+        return sorted(set(integers))
+    return sorted({str(label) for label in labels})
+
+
+def read_labeled_texts(path, text="text", label="label", classes=None, limit=None, format=None):
+    """Reads labeled texts from a CSV or TSV file with a header row, or JSON lines.
+
+    Labels are strings or integers. The training file (no `classes`) gives
+    the classes: the distinct labels of the whole file, sorted (see
+    `label_classes`). A dev or test file is read with those classes, and a
+    label that is not one of them is an error naming its line.
+
+    Args:
+        path: str.
+        text, label: str. Column (JSON key) names.
+        classes: list of int or str (as returned for the training file), or
+            `None` to take them from this file.
+        limit: int or `None`. Keep only the first `limit` examples (the
+            classes still come from the whole file).
+        format: `"csv"`, `"tsv"`, `"jsonl"`, or `None`: by the extension
+            (`.jsonl`, `.json`, `.tsv`, `.csv`, also with `.gz`), else JSON
+            lines if the first line starts with `{`, TSV if it has a tab,
+            else CSV.
+
+    Returns:
+        `(texts, labels, classes)`: list of str, int32 indices into
+        `classes`, and the classes.
+
+    Raises:
+        DataError: naming the file and line of a missing column, a row with
+            more fields than the header, malformed JSON, an empty text, a
+            label that is not a string or an integer or not a known class;
+            or an empty file.
+    """
+    format = format or _labeled_format(path)
+    if format not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"Unknown data format {format!r}; use csv, tsv or jsonl.")
+    rows = []
+    for number, record in _table_records(path, format, (text, label)):
+        missing = [n for n in (text, label) if record.get(n) is None]
+        if missing:
+            raise DataError(f"{path}:{number}: missing column {missing[0]!r}")
+        value = record[text]
+        if not isinstance(value, str):
+            raise DataError(
+                f"{path}:{number}: {text!r} must be a string, got {type(value).__name__} "
+                f"{value!r:.60}"
+            )
+        if not value.strip():
+            raise DataError(f"{path}:{number}: empty text")
+        rows.append((number, value.strip(), _check_label(path, number, label, record[label])))
+    if not rows:
+        raise DataError(f"{path}: no labeled texts found")
+    if classes is None:
+        classes = label_classes([row[2] for row in rows])
+    rows = rows[:limit] if limit is not None else rows
+    integers = all(isinstance(c, int) for c in classes)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = []
+    for number, _, value in rows:
+        key = _as_integer(value) if integers else str(value)
+        if key not in index:
+            shown = ", ".join(str(c) for c in classes[:20]) + (" ..." if len(classes) > 20 else "")
+            raise DataError(
+                f"{path}:{number}: label {value!r} does not occur in the training data "
+                f"(classes: {shown})"
+            )
+        labels.append(index[key])
+    return [row[1] for row in rows], np.asarray(labels, np.int32), list(classes)
 
 
 def corpus_files(patterns):

@@ -36,6 +36,107 @@ def _as_loss(loss):
     return loss if isinstance(loss, keras.losses.Loss) else _FunctionLoss(loss)
 
 
+# keras.distillation's argument names that have no place in ours, each with
+# what to pass instead (`student_loss_weight` maps cleanly: compile takes it).
+_KERAS_ARGUMENTS = {
+    "distillation_losses": (
+        "kd_keras.Distiller takes one distillation loss as compile(distillation_loss=...) (a "
+        "keras.distillation LogitsDistillation or FeatureDistillation is accepted there), not "
+        "`distillation_losses=`."
+    ),
+    "distillation_loss_weights": (
+        "kd_keras.Distiller has one distillation loss and no `distillation_loss_weights`: weight "
+        "the teacher term with compile(alpha=...)."
+    ),
+    "student_loss_weight": (
+        "kd_keras.Distiller takes its loss weights in compile(): `student_loss_weight=w` there, "
+        "or `alpha=1 - w` (alpha weights the teacher term)."
+    ),
+}
+
+
+def _describe(loss):
+    return getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def _single_keras_loss(loss, owner):
+    """The one loss of a keras.distillation loss object; an error for one per output."""
+    if isinstance(loss, (list, tuple, dict)):
+        raise ValueError(
+            f"{owner} with one loss per output is not supported: pass one loss and pick the "
+            "output it compares with Distiller(distill_output=...)."
+        )
+    return loss
+
+
+def _from_logits_distillation(loss, temperature):
+    """`LogitsDistillation` -> `ForwardKL` at its temperature (x T^2).
+
+    Only its KL losses map: the `"kl_divergence"` default and a
+    `keras.losses.KLDivergence` instance. With the instance Keras computes the
+    softmax KL x T^2 on clipped probabilities, ours in log space. With the
+    default string Keras 3.15 applies `keras.losses.kl_divergence` to the scaled
+    logits themselves (its softmax branch needs the instance); we compute the
+    softmax KL that its docstring describes.
+    """
+    owner = "keras.distillation.LogitsDistillation"
+    if temperature is not None and temperature != loss.temperature:
+        raise ValueError(
+            f"temperature={temperature!r} and {owner}(temperature={loss.temperature!r}) "
+            "disagree: give the temperature once."
+        )
+    inner = _single_keras_loss(loss.loss, owner)
+    if inner is keras.losses.kl_divergence or isinstance(inner, keras.losses.KLDivergence):
+        reduction = "sum" if getattr(inner, "reduction", None) == "sum" else "mean"
+        return kd_losses.ForwardKL(temperature=loss.temperature, reduction=reduction)
+    raise ValueError(
+        f"{owner}(loss={_describe(inner)}) has no kd_keras equivalent: pass "
+        "distillation_loss='forward_kl' (softmax KL x T^2) with temperature=..., "
+        "'logit_mse' (MSE of the raw logits) or a kd_keras.losses object."
+    )
+
+
+def _from_feature_distillation(loss, temperature):
+    """`FeatureDistillation` of the final outputs -> its Keras loss on the outputs."""
+    owner = "keras.distillation.FeatureDistillation"
+    if loss.teacher_layer_name is not None or loss.student_layer_name is not None:
+        raise ValueError(
+            f"{owner}(teacher_layer_name={loss.teacher_layer_name!r}, student_layer_name="
+            f"{loss.student_layer_name!r}) is not supported: kd_keras.Distiller distills model "
+            "outputs, so add those layers' outputs to the two models' outputs (a dict) and pass "
+            "Distiller(distill_output=KEY) with distillation_loss=<the loss>."
+        )
+    if temperature is not None:
+        raise ValueError(f"{owner} has no temperature; leave `temperature` unset.")
+    return _as_loss(_single_keras_loss(loss.loss, owner))
+
+
+def _from_keras_distillation(loss, temperature):
+    """Our equivalent of a `keras.distillation` loss object (or of a list of one).
+
+    Returns `(loss, temperature)`: anything else comes back unchanged.
+    """
+    kd = keras.distillation
+    if isinstance(loss, (list, tuple)):
+        if len(loss) != 1:
+            raise ValueError(
+                f"kd_keras.Distiller takes one distillation loss; received a list of {len(loss)} "
+                "(add several terms up in one keras.losses.Loss)."
+            )
+        loss = loss[0]
+    if isinstance(loss, kd.LogitsDistillation):
+        return _from_logits_distillation(loss, temperature), None
+    if isinstance(loss, kd.FeatureDistillation):
+        return _from_feature_distillation(loss, temperature), None
+    if isinstance(loss, kd.DistillationLoss):
+        raise ValueError(
+            f"{type(loss).__name__} (a keras.distillation.DistillationLoss) has no kd_keras "
+            "equivalent: pass a keras.losses.Loss or a kd_keras.losses object, called as "
+            "loss(teacher_outputs, student_outputs)."
+        )
+    return loss, temperature
+
+
 def _multi_worker(strategy):
     """Whether Keras reduces step logs across workers (`MultiWorkerMirroredStrategy`, 2+)."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -90,6 +191,37 @@ class Distiller(keras.Model):
       all. The student gets `x["student"]`, or else the dict without the
       teacher entries.
 
+    Coming from `keras.distillation.Distiller` (Keras 3.15), theirs -> ours:
+
+    - `Distiller(teacher, student, distillation_losses=...)` ->
+      `Distiller(teacher, student)`, then `compile(distillation_loss=...)`.
+    - `LogitsDistillation(temperature=T)` (default T 3) ->
+      `distillation_loss="forward_kl", temperature=T` (default T 1); the
+      object itself is accepted and becomes this.
+    - `FeatureDistillation(loss=L)` without layer names ->
+      `distillation_loss=L`; the object itself is accepted and becomes this.
+    - `FeatureDistillation(teacher_layer_name=..., student_layer_name=...)` ->
+      none: add those layers' outputs to the models' outputs (a dict) and
+      pick them with `distill_output=`.
+    - several distillation losses, `distillation_loss_weights=` -> one loss
+      (a list of one is accepted), no weights.
+    - `student_loss_weight=w` (default 0.5) -> `compile(alpha=1 - w)`, or
+      `compile(student_loss_weight=w)` (default alpha 0.5, the same).
+    - `compile(loss=...)`, always required -> `compile(student_loss=...)`,
+      `None` allowed when `alpha == 1`.
+
+    A `LogitsDistillation` maps only with its KL loss (the `"kl_divergence"`
+    default or a `keras.losses.KLDivergence()`), to the softmax KL x T^2 that
+    Keras computes with the `KLDivergence()` instance (on probabilities
+    clipped to [1e-7, 1]; ours in log space). With the default string Keras
+    applies `keras.losses.kl_divergence` to the scaled logits themselves, not
+    to their softmax. What ours adds: sample weights in both terms (Keras
+    ignores them) and masks (`label_mask`, Keras masks); KL in log space;
+    reverse and skewed KL (`kd_keras.losses`); different teacher and student
+    inputs (Keras feeds both the same `x` and checks their input shapes);
+    cached teacher outputs in the batch, and `teacher=None`; the teacher run
+    outside the gradient tape.
+
     Args:
         teacher: `keras.Model` (or any callable) producing the soft targets,
             or `None` when every batch carries cached teacher outputs (a
@@ -130,6 +262,9 @@ class Distiller(keras.Model):
         name="distiller",
         **kwargs,
     ):
+        for key in _KERAS_ARGUMENTS:
+            if key in kwargs:
+                raise ValueError(_KERAS_ARGUMENTS[key])
         super().__init__(name=name, **kwargs)
         if teacher is student:
             raise ValueError("`teacher` and `student` must be different models.")
@@ -166,10 +301,11 @@ class Distiller(keras.Model):
         optimizer="adam",
         student_loss=None,
         distillation_loss="forward_kl",
-        alpha=0.5,
+        alpha=None,
         temperature=None,
         metrics=None,
         label_mask=False,
+        student_loss_weight=None,
         **kwargs,
     ):
         """Configures the distillation.
@@ -177,28 +313,45 @@ class Distiller(keras.Model):
         Args:
             optimizer: optimizer name or instance.
             student_loss: loss of the student against the labels `y` (a name,
-                function or `keras.losses.Loss`); may be `None` only when
-                `alpha == 1`.
+                function or `keras.losses.Loss`: keras.distillation's
+                `compile(loss=...)`); may be `None` only when `alpha == 1`.
             distillation_loss: a loss object or one of `"soft_target_mse"`,
                 `"logit_mse"`, `"forward_kl"`, `"reverse_kl"`,
                 `"skewed_forward_kl"`, `"skewed_reverse_kl"`; called as
-                `loss(teacher_outputs, student_outputs, sample_weight)`.
-            alpha: float in [0, 1], the weight of the distillation loss.
+                `loss(teacher_outputs, student_outputs, sample_weight)`. Also a
+                `keras.distillation.LogitsDistillation` (its KL loss becomes
+                `ForwardKL` at its temperature, x T^2) or a
+                `keras.distillation.FeatureDistillation` of the final outputs
+                (its Keras loss, applied to the outputs), alone or as a list
+                of one.
+            alpha: float in [0, 1], the weight of the distillation loss
+                (default 0.5).
             temperature: float or `None`. When given, sets the distillation
                 loss's temperature (on a copy of a loss object).
             metrics: metrics of the student's outputs against `y`.
             label_mask: bool. Also leave out of the distillation loss the
                 positions whose label `y` equals the loss's `ignore_index`
                 (-100): prompt tokens and padding in causal LM data.
+            student_loss_weight: float in [0, 1] or `None`. keras.distillation's
+                weight of the hard term: `student_loss_weight=w` means
+                `alpha = 1 - w`. Give it or `alpha`, not both.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`, ...).
         """
-        if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"`alpha` must be a number in [0, 1]; received {alpha!r}.")
-        if student_loss is None and alpha != 1.0:
-            raise ValueError("`student_loss` is required unless `alpha == 1`.")
         if kwargs.pop("loss", None) is not None:
-            raise ValueError("Use `student_loss` and `distillation_loss`, not `loss`.")
+            raise ValueError(
+                "kd_keras.Distiller.compile takes `student_loss=` (the hard loss on the labels "
+                "y: keras.distillation's `loss=`) and `distillation_loss=` (teacher against "
+                "student), not `loss=`."
+            )
+        for key in ("distillation_losses", "distillation_loss_weights"):
+            if key in kwargs:
+                raise ValueError(_KERAS_ARGUMENTS[key])
+        alpha = self._alpha(alpha, student_loss_weight)
+        if student_loss is None and alpha != 1.0:
+            raise ValueError(
+                "`student_loss` (the hard loss on the labels y) is required unless `alpha == 1`."
+            )
         self.student_loss = _as_loss(student_loss)
         self.distillation_loss = self._distillation_loss(distillation_loss, temperature)
         self.alpha = float(alpha)
@@ -214,9 +367,27 @@ class Distiller(keras.Model):
         }
 
     @staticmethod
+    def _alpha(alpha, student_loss_weight):
+        """`alpha`, or `1 - student_loss_weight` (keras.distillation's name), or 0.5."""
+        if student_loss_weight is not None:
+            if alpha is not None:
+                raise ValueError("Pass `alpha` or `student_loss_weight` (= 1 - alpha), not both.")
+            w = student_loss_weight
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+                raise ValueError(
+                    f"`student_loss_weight` must be a number in [0, 1]; received {w!r}."
+                )
+            return 1.0 - float(w)
+        alpha = 0.5 if alpha is None else alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"`alpha` must be a number in [0, 1]; received {alpha!r}.")
+        return float(alpha)
+
+    @staticmethod
     def _distillation_loss(loss, temperature):
         if loss is None:
             raise ValueError("`distillation_loss` is required.")
+        loss, temperature = _from_keras_distillation(loss, temperature)
         if isinstance(loss, str) or temperature is not None:
             return kd_losses.get(loss, temperature=temperature)
         return _as_loss(loss)

@@ -15,12 +15,13 @@ distillation (`kd_keras.models.student_init`), cached the same way.
 """
 
 import contextlib
+import time
 import weakref
 
 import numpy as np
 
 from kd_keras.batching import length_batches
-from kd_keras.progress import progress_bar
+from kd_keras.progress import log, progress_bar
 from kd_keras.storage import CacheError, Fingerprint, cached_arrays
 
 __all__ = [
@@ -391,52 +392,52 @@ def cache_teacher_outputs(
 def vocabulary_token_outputs(teacher, batch_size=1024, progress=False):
     """The teacher's output for every vocabulary token alone: `[CLS] token [SEP]`.
 
+    The forward pass is `kd_keras.models.student_init.token_forward`: three
+    positions per token, no padding, traced once; for a `Teacher` around a
+    KerasHub BERT backbone, its fused form (the same outputs within about
+    1e-6, faster on a CPU). 30,522 tokens of all-MiniLM-L6-v2 are about 2
+    TFLOP of float32 matrix products.
+
     Args:
         teacher: a `Teacher` (or any model from the int32 BERT input dict to
             `[batch, dim]`) with a `preprocessor` (`BertPreprocessor`).
         batch_size: int. Tokens per forward pass.
-        progress: bool. Report progress.
+        progress: bool. Report progress, then one line with the elapsed seconds.
 
     Returns:
         float32 `np.ndarray` `[vocabulary_size, dim]`: row `i` is the
         teacher's output for token ids `[cls_id, i, sep_id]` (segment ids 0,
         padding mask 1), with no PCA and no zeroed rows.
     """
-    import tensorflow as tf
+    from kd_keras.models.student_init import token_forward
 
     preprocessor = _vocabulary_preprocessor(teacher)
     vocabulary_size = len(preprocessor.vocabulary)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be positive; received {batch_size}.")
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int32)] * 3, reduce_retracing=True)
-    def forward(token_ids, segment_ids, padding_mask):
-        inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
-        return teacher(inputs, training=False)
-
+    start_time = time.perf_counter()
+    forward = token_forward(teacher, preprocessor.cls_token_id, preprocessor.sep_token_id)
     bar = progress_bar(vocabulary_size, "vocabulary distillation", unit="token", enabled=progress)
-    rows = []
-    for start in range(0, vocabulary_size, batch_size):
-        ids = np.arange(start, min(start + batch_size, vocabulary_size), dtype=np.int32)
-        token_ids = np.stack(
-            [
-                np.full_like(ids, preprocessor.cls_token_id),
-                ids,
-                np.full_like(ids, preprocessor.sep_token_id),
-            ],
-            axis=1,
-        )
-        outputs = forward(token_ids, np.zeros_like(token_ids), np.ones_like(token_ids))
-        if isinstance(outputs, dict) or len(outputs.shape) != 2:
-            raise ValueError(
-                "The teacher must return one embedding per input, `[batch, dim]`; "
-                "use a pooled `Teacher` (pooling 'mean', 'cls', 'max' or 'pooled')."
-            )
-        rows.append(np.asarray(outputs, dtype=np.float32))
-        bar.update(len(ids))
-    bar.close()
-    return np.concatenate(rows, axis=0)
+    result = None
+    with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
+        for start in range(0, vocabulary_size, batch_size):
+            ids = np.arange(start, min(start + batch_size, vocabulary_size), dtype=np.int32)
+            outputs = forward(ids)
+            if isinstance(outputs, dict) or len(outputs.shape) != 2:
+                raise ValueError(
+                    "The teacher must return one embedding per input, `[batch, dim]`; "
+                    "use a pooled `Teacher` (pooling 'mean', 'cls', 'max' or 'pooled')."
+                )
+            if result is None:
+                result = np.empty((vocabulary_size, outputs.shape[1]), np.float32)
+            result[start : start + len(ids)] = np.asarray(outputs, dtype=np.float32)
+            bar.update(len(ids))
+    if progress:
+        seconds = time.perf_counter() - start_time
+        log(f"vocabulary distillation: {vocabulary_size} tokens in {seconds:.1f} s")
+    return result
 
 
 def _vocabulary_preprocessor(teacher):

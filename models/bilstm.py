@@ -10,6 +10,13 @@ from .pooling import MaskedPooling
 def token_embedding(vocabulary_size, embedding_dim, embeddings_initializer="uniform"):
     """The masked token embedding of the BiLSTM students (id 0 = padding).
 
+    An array initializer is assigned to the weights once the layer is built,
+    never put in its config: a `.keras` file stores the table once, in its
+    weights file (a `keras.initializers.Constant(array)` would copy it into
+    `config.json` as text). The config then records `"zeros"`, which, like
+    `Constant`, draws no random numbers, so the layers built after it get the
+    same random weights either way.
+
     Args:
         vocabulary_size: int.
         embedding_dim: int.
@@ -18,8 +25,10 @@ def token_embedding(vocabulary_size, embedding_dim, embeddings_initializer="unif
             reduced by PCA, `models.student_init`).
 
     Returns:
-        `keras.layers.Embedding` named `token_embedding`, `mask_zero=True`.
+        `keras.layers.Embedding` named `token_embedding`, `mask_zero=True`
+        (built, when given an array).
     """
+    table = None
     if hasattr(embeddings_initializer, "shape"):
         shape = tuple(np.shape(embeddings_initializer))
         if shape != (vocabulary_size, embedding_dim):
@@ -27,14 +36,18 @@ def token_embedding(vocabulary_size, embedding_dim, embeddings_initializer="unif
                 f"`embeddings_initializer` array has shape {shape}; expected "
                 f"({vocabulary_size}, {embedding_dim}) (vocabulary_size, embedding_dim)."
             )
-        embeddings_initializer = keras.initializers.Constant(np.asarray(embeddings_initializer))
-    return keras.layers.Embedding(
+        table, embeddings_initializer = np.asarray(embeddings_initializer), "zeros"
+    layer = keras.layers.Embedding(
         vocabulary_size,
         embedding_dim,
         mask_zero=True,
         embeddings_initializer=embeddings_initializer,
         name="token_embedding",
     )
+    if table is not None:
+        layer.build()
+        layer.embeddings.assign(table.astype(layer.embeddings.dtype))
+    return layer
 
 
 def build_bilstm_encoder(

@@ -9,7 +9,9 @@ the teacher, PCA-reduced) with every row scaled by a SIF weight
 transfer corpus), so that frequent tokens, `[CLS]` and `[SEP]` among them,
 count little in the mean. Folding the weights into the rows keeps the model
 a plain `Embedding -> masked mean -> Dense`, and training then adjusts
-vectors and weights together.
+vectors and weights together. The weighted table goes into the layer's
+weights (`bilstm.token_embedding`), never into its config: a saved `.keras`
+file holds it once.
 """
 
 import itertools

@@ -22,6 +22,10 @@ Sources `load_teacher` understands:
 - a KerasHub preset directory (`config.json` naming a KerasHub class,
   `model.weights.h5`, tokenizer assets);
 - a `.keras` file, or any Keras model passed in.
+
+`load_hf_classifier` loads a fine-tuned Hugging Face
+`BertForSequenceClassification` folder as the classifier it is (logits and
+class names), not as a `Teacher` of sentence embeddings.
 """
 
 import importlib
@@ -35,7 +39,7 @@ import numpy as np
 
 from .bert_tokenizer import BertPreprocessor, load_tokenizer_json_vocabulary, load_vocabulary
 from .google_bert import PIPELINE_FILE, encoder_from_bert_config, load_google_bert, read_json
-from .heads import bert_inputs, pool_encoder_outputs
+from .heads import bert_inputs, build_classifier, pool_encoder_outputs
 from .torch_checkpoint import read_pytorch_bin
 
 __all__ = [
@@ -43,7 +47,9 @@ __all__ = [
     "M3E_SMALL_DISTRIBUTION",
     "Teacher",
     "default_model_dir",
+    "is_hf_classifier",
     "load_google_teacher",
+    "load_hf_classifier",
     "load_hf_teacher",
     "load_keras_hub_teacher",
     "load_teacher",
@@ -271,6 +277,32 @@ def _assemble(encoder, directory, tokenizer, sequence_length, pooling, normalize
     return Teacher(encoder, preprocessor, pooling=pooling, normalize=normalize)
 
 
+def _load_hf_encoder(directory, optional=("bert/pooler/dense/kernel",)):
+    """The `BertEncoder` of an HF BERT folder, its weights set.
+
+    Returns:
+        `(encoder, config, tensors, weights_path)`: `tensors` is the whole
+        HF state dict (task heads included).
+    """
+    config_path = directory / "config.json"
+    config = read_json(config_path)
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+        raise ValueError(
+            f"{config_path}: model_type {model_type!r} is not supported (only 'bert')."
+        )
+    encoder = encoder_from_bert_config(config, source=str(config_path))
+    from .bert_encoder import hf_to_google_weights, set_google_weights
+
+    tensors, weights_path = _load_hf_tensors(directory)
+    google = hf_to_google_weights(tensors)
+    try:
+        set_google_weights(encoder, lambda name: google[name], optional=optional)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{weights_path}: {e.args[0]}") from None
+    return encoder, config, tensors, weights_path
+
+
 def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=None):
     """Loads a Hugging Face (or sentence-transformers) BERT folder.
 
@@ -289,23 +321,7 @@ def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=Non
         A `Teacher`.
     """
     directory = pathlib.Path(directory)
-    config_path = directory / "config.json"
-    config = read_json(config_path)
-    model_type = config.get("model_type", "bert")
-    if model_type != "bert":
-        raise ValueError(
-            f"{config_path}: model_type {model_type!r} is not supported (only 'bert')."
-        )
-    encoder = encoder_from_bert_config(config, source=str(config_path))
-    from .bert_encoder import hf_to_google_weights, set_google_weights
-
-    tensors, weights_path = _load_hf_tensors(directory)
-    tensors = hf_to_google_weights(tensors)
-    try:
-        set_google_weights(encoder, lambda name: tensors[name])
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{weights_path}: {e.args[0]}") from None
-
+    encoder, config, _, _ = _load_hf_encoder(directory)
     st = _sentence_transformers_settings(directory)
     tokenizer = _tokenizer_settings(directory)
     if st.get("lowercase"):
@@ -320,6 +336,91 @@ def load_hf_teacher(directory, pooling=None, normalize=None, sequence_length=Non
         pooling=_override(pooling, st.get("pooling", "mean")),
         normalize=_override(normalize, st.get("normalize", False)),
     )
+
+
+def is_hf_classifier(directory):
+    """Whether a folder holds a Hugging Face sequence classifier (`config.json`'s
+    `architectures` names a `*ForSequenceClassification`)."""
+    config_path = pathlib.Path(directory) / "config.json"
+    if not config_path.is_file():
+        return False
+    architectures = read_json(config_path).get("architectures") or ()
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
+
+
+def _class_names(config, config_path):
+    """The class names of an HF classifier config, in output order (`id2label`)."""
+    problem = config.get("problem_type") or "single_label_classification"
+    if problem != "single_label_classification":
+        raise ValueError(
+            f"{config_path}: problem_type {problem!r} is not supported (only "
+            "single_label_classification: one class per text, softmax over the logits)."
+        )
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise ValueError(f"{config_path}: no id2label (the names of the classes).")
+    try:
+        ids = sorted(int(key) for key in id2label)
+    except ValueError:
+        raise ValueError(f"{config_path}: id2label keys must be class ids 0, 1, ...") from None
+    if ids != list(range(len(ids))):
+        raise ValueError(f"{config_path}: id2label keys must be 0 ... {len(ids) - 1}; got {ids}.")
+    return [str(id2label.get(str(i), id2label.get(i))) for i in ids]
+
+
+def load_hf_classifier(directory, sequence_length=None):
+    """Loads a Hugging Face `BertForSequenceClassification` folder, as it computes.
+
+    The model is `build_classifier(encoder, num_classes, pooling="pooled")`:
+    BERT's tanh pooler on `[CLS]`, dropout (training only) and the
+    `classifier` layer, with the checkpoint's activation and layer-norm
+    epsilon, so its logits are those of `transformers` (to ~1e-5).
+
+    Args:
+        directory: folder with `config.json` (`architectures`
+            `["BertForSequenceClassification"]`, `id2label`),
+            `model.safetensors` (or `pytorch_model.bin`, read without torch),
+            `vocab.txt` (or `tokenizer.json`).
+        sequence_length: maximum tokens per text (default:
+            `max_position_embeddings`).
+
+    Returns:
+        `(classifier, preprocessor, class_names)`: a functional
+        `keras.Model` from BERT inputs to logits `[batch, num_classes]`, its
+        `BertPreprocessor`, and the class names in output order.
+    """
+    directory = pathlib.Path(directory)
+    config_path = directory / "config.json"
+    config = read_json(config_path)
+    architectures = config.get("architectures") or []
+    if architectures != ["BertForSequenceClassification"]:
+        raise ValueError(
+            f"{config_path}: architectures {architectures} is not supported (only "
+            "['BertForSequenceClassification'])."
+        )
+    names = _class_names(config, config_path)
+    encoder, config, tensors, weights_path = _load_hf_encoder(directory, optional=())
+    kernel, bias = tensors.get("classifier.weight"), tensors.get("classifier.bias")
+    expected = (len(names), encoder.hidden_dim)
+    if kernel is None or bias is None or kernel.shape != expected or bias.shape != expected[:1]:
+        found = None if kernel is None else kernel.shape
+        raise ValueError(
+            f"{weights_path}: expected classifier.weight {expected} and classifier.bias "
+            f"({len(names)},) for the {len(names)} classes of id2label; found {found}."
+        )
+    dropout = config.get("classifier_dropout")
+    dropout = float(config.get("hidden_dropout_prob", 0.1) if dropout is None else dropout)
+    classifier = build_classifier(
+        encoder, len(names), pooling="pooled", dropout=dropout, name="hf_classifier"
+    )
+    classifier.get_layer("logits").set_weights(
+        [np.asarray(kernel, "float32").T, np.asarray(bias, "float32")]
+    )
+    max_length = _override(sequence_length, int(config.get("max_position_embeddings", 512)))
+    preprocessor = BertPreprocessor(
+        _folder_vocabulary(directory), sequence_length=max_length, **_tokenizer_settings(directory)
+    )
+    return classifier, preprocessor, names
 
 
 def load_google_teacher(

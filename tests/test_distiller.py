@@ -395,6 +395,162 @@ def test_temperature_overrides_a_copy_of_the_loss_object():
     assert loss.temperature == 1.0
 
 
+# === keras.distillation interop ===
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def logits_pair(seed=0, n=8):
+    rng = np.random.default_rng(seed)
+    t = (3.0 * rng.normal(size=(n, N_CLASSES))).astype("float32")
+    s = (3.0 * rng.normal(size=(n, N_CLASSES))).astype("float32")
+    return t, s
+
+
+def np_softmax_kl(t, s, temperature):
+    """NumPy float64: mean over the batch of KL(p || q) x T^2."""
+    p = np_softmax(t.astype("float64") / temperature)
+    q = np_softmax(s.astype("float64") / temperature)
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=-1)) * temperature**2)
+
+
+@pytest.mark.parametrize(
+    "kl", ["kl_divergence", keras.losses.KLDivergence()], ids=["default", "instance"]
+)
+def test_keras_logits_distillation_becomes_a_softmax_kl(kl):
+    distiller = kd_keras.Distiller(dense_model(1), dense_model(2))
+    logits = keras.distillation.LogitsDistillation(temperature=2.0, loss=kl)
+    distiller.compile(optimizer="sgd", distillation_loss=logits, alpha=1.0)
+    loss = distiller.distillation_loss
+    assert isinstance(loss, L.ForwardKL) and loss.temperature == 2.0
+    t, s = logits_pair()
+    expected = np_softmax_kl(t, s, 2.0)
+    np.testing.assert_allclose(float(loss(t, s)), expected, rtol=1e-5)
+    # Keras' own numbers with the KLDivergence instance (probabilities clipped
+    # to [1e-7, 1], immaterial at these logits) are the same.
+    keras_kl = keras.distillation.LogitsDistillation(2.0, loss=keras.losses.KLDivergence())
+    np.testing.assert_allclose(float(keras_kl.compute_loss(t, s)), expected, rtol=1e-5)
+
+
+def test_keras_default_logits_distillation_is_not_a_softmax_kl():
+    # Why the default maps to the documented softmax KL and not to Keras'
+    # numbers: Keras 3.15 applies `kl_divergence` to the scaled logits.
+    t, s = logits_pair()
+    temperature = 2.0
+    keras_value = float(keras.distillation.LogitsDistillation(temperature).compute_loss(t, s))
+    a = np.clip(t / temperature, 1e-7, 1.0).astype("float64")
+    b = np.clip(s / temperature, 1e-7, 1.0).astype("float64")
+    np.testing.assert_allclose(keras_value, np.mean(np.sum(a * np.log(a / b), -1)), rtol=1e-5)
+    assert abs(keras_value - np_softmax_kl(t, s, temperature)) > 0.1
+
+
+def test_keras_names_train_as_ours():
+    # LogitsDistillation with student_loss_weight=0.7 is forward_kl, T=2, alpha=0.3.
+    x, y = data()
+    teacher, student = dense_model(1, hidden=16), dense_model(2)
+    reference = manual_train(copy_of(student), teacher, x, y, 0.3, 2.0, 0.1, 8)
+    distiller = kd_keras.Distiller(teacher, student)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        student_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        distillation_loss=[keras.distillation.LogitsDistillation(temperature=2.0)],
+        student_loss_weight=0.7,
+    )
+    assert distiller.alpha == pytest.approx(0.3)
+    distiller.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert_same_weights(student, reference)
+    # The mapped loss survives the compile config.
+    again = kd_keras.Distiller(dense_model(1), dense_model(2))
+    again.compile_from_config(distiller.get_compile_config())
+    assert isinstance(again.distillation_loss, L.ForwardKL)
+    assert again.distillation_loss.temperature == 2.0
+    assert again.alpha == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["mse", "cosine_similarity"])
+def test_keras_feature_distillation_of_outputs_is_its_loss(name):
+    distiller = kd_keras.Distiller(dense_model(1), dense_model(2))
+    feature = keras.distillation.FeatureDistillation(loss=name)
+    distiller.compile(optimizer="sgd", distillation_loss=feature, alpha=1.0)
+    t, s = (v.astype("float64") for v in logits_pair(1))
+    if name == "mse":
+        expected = np.mean((t - s) ** 2)
+    else:
+        cosines = np.sum(t * s, -1) / (np.linalg.norm(t, axis=-1) * np.linalg.norm(s, axis=-1))
+        expected = -np.mean(cosines)
+    t, s = t.astype("float32"), s.astype("float32")
+    np.testing.assert_allclose(float(distiller.distillation_loss(t, s)), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(feature.compute_loss(t, s)), expected, rtol=1e-5)
+
+
+class _CustomKerasLoss(keras.distillation.DistillationLoss):
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return keras.ops.mean((teacher_outputs - student_outputs) ** 2)
+
+
+def test_keras_distillation_objects_without_an_equivalent_are_clear_errors():
+    kd = keras.distillation
+    distiller = kd_keras.Distiller(dense_model(1), dense_model(2))
+    cases = [
+        (
+            kd.FeatureDistillation(teacher_layer_name="dense", student_layer_name="dense_1"),
+            None,
+            r"FeatureDistillation\(teacher_layer_name='dense', student_layer_name='dense_1'\) "
+            r"is not supported: .*distill_output=KEY",
+        ),
+        (
+            kd.LogitsDistillation(loss="categorical_crossentropy"),
+            None,
+            r"LogitsDistillation\(loss=categorical_crossentropy\) has no kd_keras equivalent: "
+            r"pass distillation_loss='forward_kl'",
+        ),
+        (
+            kd.LogitsDistillation(loss=["kl_divergence", "kl_divergence"]),
+            None,
+            r"one loss per output is not supported.*distill_output",
+        ),
+        (
+            [kd.LogitsDistillation(), kd.FeatureDistillation()],
+            None,
+            "takes one distillation loss; received a list of 2",
+        ),
+        (_CustomKerasLoss(), None, "_CustomKerasLoss .* has no kd_keras equivalent"),
+        (
+            kd.LogitsDistillation(temperature=3.0),
+            2.0,
+            r"temperature=2.0 and .*LogitsDistillation\(temperature=3.0\) disagree",
+        ),
+        (kd.FeatureDistillation(), 2.0, "FeatureDistillation has no temperature"),
+    ]
+    for loss, temperature, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            distiller.compile(distillation_loss=loss, temperature=temperature, alpha=1.0)
+        assert "\n" not in str(error.value)
+
+
+def test_keras_argument_names_get_ours():
+    teacher, student = dense_model(1), dense_model(2)
+    distiller = kd_keras.Distiller(teacher, student)
+    with pytest.raises(ValueError, match="takes `student_loss=` .* and `distillation_loss=`"):
+        distiller.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="`alpha` or `student_loss_weight`"):
+        distiller.compile(student_loss="mse", alpha=0.5, student_loss_weight=0.5)
+    with pytest.raises(ValueError, match="`student_loss_weight` must be a number in"):
+        distiller.compile(student_loss="mse", student_loss_weight=1.5)
+    with pytest.raises(ValueError, match="no `distillation_loss_weights`: .*alpha"):
+        distiller.compile(student_loss="mse", distillation_loss_weights=[1.0])
+    with pytest.raises(ValueError, match=r"compile\(distillation_loss=...\)"):
+        kd_keras.Distiller(teacher, student, distillation_losses=None)
+    with pytest.raises(ValueError, match="`alpha=1 - w`"):
+        kd_keras.Distiller(teacher, student, student_loss_weight=0.5)
+    # student_loss_weight=0 is pure distillation: no student loss needed.
+    distiller.compile(optimizer="sgd", student_loss_weight=0.0)
+    assert distiller.alpha == 1.0 and distiller.student_loss is None
+
+
 MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json, os, sys

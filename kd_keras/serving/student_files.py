@@ -3,12 +3,21 @@
 `save_student(student, "student.keras", preprocessor)` writes the model and
 `student.preprocessor.json` (the `BertPreprocessor`'s full config, vocabulary
 included) beside it; `load_student` reads both back, and `kd-keras export
---student` exports them.
+--student` and `kd-keras embed --model` take them.
+
+A student built from a user's own Keras layers needs the modules that
+register them (`keras.saving.register_keras_serializable`) imported before
+it loads: `save_student(..., modules=["my_layers"])` records their names in
+the sidecar (key `"modules"`; a sidecar without it, as older ones, means
+none), and `load_student` imports them first. kd-keras' own objects need
+nothing: `import kd_keras` registers them.
 """
 
+import importlib
 import json
 import os
 import pathlib
+import sys
 
 import keras
 
@@ -17,6 +26,7 @@ from kd_keras.storage import atomic_path, write_text_atomic
 __all__ = [
     "PREPROCESSOR_FORMAT",
     "check_preprocessor",
+    "import_modules",
     "load_preprocessor",
     "load_student",
     "preprocessor_sidecar_path",
@@ -65,24 +75,108 @@ def preprocessor_sidecar_path(model_path):
     return model_path.with_name(model_path.stem + _SIDECAR_SUFFIX)
 
 
-def save_preprocessor(preprocessor, path):
+def _check_modules(modules):
+    """`modules` as a list of dotted module names, or a `ValueError` naming the bad one."""
+    if isinstance(modules, str):
+        modules = [modules]
+    names = []
+    for name in modules:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ValueError(f"`modules`: {name!r} is not a module name (such as 'my_layers').")
+        if name == "__main__":
+            raise ValueError(
+                "`modules`: '__main__' cannot be imported by another process; define the "
+                "custom layers in a module and pass its name."
+            )
+        names.append(name)
+    return names
+
+
+def save_preprocessor(preprocessor, path, modules=()):
     """Writes a `BertPreprocessor`'s full config (vocabulary included) as JSON.
 
     Args:
         preprocessor: a `BertPreprocessor`.
         path: the JSON file to write.
+        modules: iterable of module names to record (see `save_student`).
 
     Returns:
         The path, as a `pathlib.Path`.
     """
     check_preprocessor(preprocessor)
+    modules = _check_modules(modules)
     path = pathlib.Path(path)
     document = {
         "format": PREPROCESSOR_FORMAT,
         "preprocessor": keras.saving.serialize_keras_object(preprocessor),
     }
+    if modules:
+        document["modules"] = modules
     write_text_atomic(path, json.dumps(document, ensure_ascii=False) + "\n")
     return path
+
+
+def _read_sidecar(path):
+    """The sidecar's JSON document, checked."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Preprocessor file not found: {path}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}).") from None
+    if not isinstance(document, dict) or document.get("format") != PREPROCESSOR_FORMAT:
+        raise ValueError(
+            f"{path}: not a kd-keras preprocessor file (expected format {PREPROCESSOR_FORMAT!r})."
+        )
+    modules = document.get("modules", [])
+    if not isinstance(modules, list):
+        raise ValueError(f"{path}: `modules` must be a list of module names.")
+    try:
+        _check_modules(modules)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return document
+
+
+def import_modules(modules, where):
+    """Imports `modules` (a student's custom layers), from `sys.path` or the current folder.
+
+    Args:
+        modules: iterable of module names.
+        where: what recorded them (a path), for the error message.
+
+    Raises:
+        ImportError: one line naming the module that cannot be found.
+    """
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise  # the module exists; something it imports does not
+            if _import_from_current_folder(name):
+                continue
+            raise ImportError(
+                f"{where} needs module {name!r} (its custom Keras objects), which is "
+                "importable neither from PYTHONPATH nor from the current folder: put the "
+                "folder that holds it on PYTHONPATH."
+            ) from None
+
+
+def _import_from_current_folder(name):
+    """Imports `name` with the current folder on `sys.path` for the while; whether it worked."""
+    folder = os.getcwd()
+    if folder in sys.path or "" in sys.path:
+        return False
+    sys.path.append(folder)
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        return False
+    finally:
+        sys.path.remove(folder)
+    return True
 
 
 def load_preprocessor(path):
@@ -96,31 +190,25 @@ def load_preprocessor(path):
     """
     import kd_keras.models.bert_tokenizer  # noqa: F401  (registers BertPreprocessor)
 
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Preprocessor file not found: {path}")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}).") from None
-    if not isinstance(document, dict) or document.get("format") != PREPROCESSOR_FORMAT:
-        raise ValueError(
-            f"{path}: not a kd-keras preprocessor file (expected format {PREPROCESSOR_FORMAT!r})."
-        )
+    document = _read_sidecar(path)
     return keras.saving.deserialize_keras_object(document["preprocessor"])
 
 
-def save_student(student, path, preprocessor):
+def save_student(student, path, preprocessor, modules=()):
     """Saves a student as a `.keras` file with its preprocessor next to it.
 
     The preprocessor goes to `preprocessor_sidecar_path(path)` (e.g.
-    `student.keras` -> `student.preprocessor.json`), which `load_student`
-    and `kd-keras export --student` read.
+    `student.keras` -> `student.preprocessor.json`), which `load_student`,
+    `kd-keras export --student` and `kd-keras embed --model` read.
 
     Args:
         student: a `keras.Model` (or a `Distiller`: its student is saved).
         path: the `.keras` file to write.
         preprocessor: the `BertPreprocessor` whose ids the student takes.
+        modules: iterable of module names (`"my_package.layers"`) that
+            register the student's own custom Keras objects; recorded in the
+            sidecar, imported by `load_student` before loading. Not needed
+            for standard Keras layers and kd-keras' own.
 
     Returns:
         `(model_path, sidecar_path)`, as `pathlib.Path`s.
@@ -130,16 +218,18 @@ def save_student(student, path, preprocessor):
     if path.suffix != ".keras":
         raise ValueError(f"Student file must end with .keras; received {path}.")
     check_preprocessor(preprocessor)
+    modules = _check_modules(modules)
     with atomic_path(path) as tmp:
         student.save(str(tmp))
-    return path, save_preprocessor(preprocessor, preprocessor_sidecar_path(path))
+    return path, save_preprocessor(preprocessor, preprocessor_sidecar_path(path), modules)
 
 
 def load_student(path, preprocessor=None):
     """Loads a `.keras` student and its preprocessor.
 
     A `.keras` file holding a whole `Distiller` gives its student (and the
-    teacher's preprocessor when no sidecar is found).
+    teacher's preprocessor when no sidecar is found). The modules the
+    sidecar records (`save_student(..., modules=...)`) are imported first.
 
     Args:
         path: a `.keras` file.
@@ -149,24 +239,22 @@ def load_student(path, preprocessor=None):
     Returns:
         `(student, preprocessor)`.
     """
-    # Register the project's serializable classes before loading.
-    import kd_keras.distiller  # noqa: F401
-    import kd_keras.models.bert_tokenizer  # noqa: F401
-    import kd_keras.models.heads  # noqa: F401
-    import kd_keras.models.pooling  # noqa: F401
-    import kd_keras.models.teachers  # noqa: F401
+    import kd_keras
 
+    kd_keras.register_custom_objects()
     path = pathlib.Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"Student file must be a .keras file; received {path}.")
     if not path.is_file():
         raise FileNotFoundError(f"Student model file not found: {path}")
+    sidecar = preprocessor_sidecar_path(path)
+    if sidecar.is_file():
+        import_modules(_read_sidecar(sidecar).get("modules", []), sidecar)
     loaded = keras.saving.load_model(str(path))
     student, teacher = unwrap_student(loaded)
     if isinstance(preprocessor, (str, os.PathLike)):
         preprocessor = load_preprocessor(preprocessor)
     if preprocessor is None:
-        sidecar = preprocessor_sidecar_path(path)
         if sidecar.is_file():
             preprocessor = load_preprocessor(sidecar)
         else:

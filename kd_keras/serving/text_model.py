@@ -6,14 +6,19 @@ that holds the student's variables and its in-graph tokenizer (a
 no teacher, no optimizer, no Keras objects. It takes raw `tf.string`
 sentences and gives the numbers the student gives in Keras.
 
-Signatures, by model kind:
+Signatures, by model kind, and the one `serving_default` rule: an export of
+a sentence encoder, alone or inside a pair model, has the signatures `embed`
+and `similarity`, and `serving_default` is `embed`; a classifier's only
+signature, and so its `serving_default`, is `classify`. Every export path
+follows it (`export_student`, `export_teacher`, `kd-keras export`, the
+`kd-keras distill` run's own export).
 
 - `"encoder"` (a sentence encoder: token ids -> `[batch, D]`):
   `embed` (the `serving_default`): `sentences` -> `embedding` float32
   `[None, D]`; `similarity`: `sentence_a`, `sentence_b` -> `score` float32
   `[None]`.
-- `"pair"` (a siamese pair model): `similarity` (the `serving_default`) and
-  `embed` (its shared encoder tower), as above.
+- `"pair"` (a siamese pair model): `embed` (its shared encoder tower; the
+  `serving_default`) and `similarity` (the pair model's own score), as above.
 - `"classifier"`: `classify` (the `serving_default`): `sentences` ->
   `probabilities` float32 `[None, C]` and `label` int64 `[None]`.
 
@@ -204,12 +209,8 @@ def _build_functions(model, preprocessor, kind, from_logits):
 
     embed_entry = (embed, [_sentences_spec("sentences")])
     similarity_entry = (similarity, [_sentences_spec("sentence_a"), _sentences_spec("sentence_b")])
-    if kind == "pair":
-        functions["similarity"] = similarity_entry
-        functions["embed"] = embed_entry
-    else:
-        functions["embed"] = embed_entry
-        functions["similarity"] = similarity_entry
+    functions["embed"] = embed_entry
+    functions["similarity"] = similarity_entry
     return functions
 
 

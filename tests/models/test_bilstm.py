@@ -1,5 +1,7 @@
 """BiLSTM students and pair models against NumPy."""
 
+import json
+
 import keras
 import numpy as np
 
@@ -35,6 +37,37 @@ def test_embedding_initializer_from_an_array():
     table = np.arange(50 * 8, dtype="float32").reshape(50, 8) / 400
     encoder = build_bilstm_encoder(50, embedding_dim=8, hidden_dim=4, embeddings_initializer=table)
     np.testing.assert_array_equal(encoder.get_layer("token_embedding").embeddings.numpy(), table)
+
+
+def test_an_array_initializer_gives_the_weights_of_a_constant_one():
+    """Same initial weights, every layer, as the `Constant(table)` initializer it replaces."""
+    table = np.random.default_rng(0).normal(size=(60, 8)).astype("float32")
+    kwargs = dict(embedding_dim=8, hidden_dim=4, output_dim=3, embedding_skip=True)
+    keras.utils.set_random_seed(7)
+    got = build_bilstm_encoder(60, embeddings_initializer=table, **kwargs)
+    keras.utils.set_random_seed(7)
+    constant = keras.initializers.Constant(table)
+    want = build_bilstm_encoder(60, embeddings_initializer=constant, **kwargs)
+    assert len(got.weights) == len(want.weights) == 9
+    for a, b in zip(got.weights, want.weights, strict=True):
+        assert a.name == b.name
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_the_embedding_table_is_saved_in_the_weights_never_in_the_config(tmp_path):
+    table = np.random.default_rng(1).normal(size=(3000, 32)).astype("float32")
+    encoder = build_bilstm_encoder(3000, 32, hidden_dim=4, embeddings_initializer=table)
+    config = json.dumps(encoder.get_config())
+    assert len(config) < 10_000  # the table as text would be about 2 MB
+    path = tmp_path / "bilstm.keras"
+    encoder.save(path)
+    weight_bytes = sum(w.numpy().nbytes for w in encoder.weights)
+    assert table.nbytes <= weight_bytes < path.stat().st_size < 1.5 * weight_bytes
+
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(reloaded.get_layer("token_embedding").embeddings.numpy(), table)
+    ids = np.array([[5, 2999, 17, 0], [1, 0, 0, 0]], "int32")
+    np.testing.assert_allclose(reloaded(ids).numpy(), encoder(ids).numpy(), atol=1e-6)
 
 
 def test_tiny_bert_pair_model_saves_and_reloads(tmp_path):

@@ -1,5 +1,7 @@
 """`kd_keras.models.static`: the static (bag-of-embeddings) student."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -59,3 +61,20 @@ def test_token_weights_need_a_table_of_their_size():
         build_static_encoder(
             12, 6, embeddings_initializer=np.ones((12, 6)), token_weights=np.ones(5)
         )
+
+
+def test_the_weighted_table_is_saved_in_the_weights_never_in_the_config(tmp_path):
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(4000, 24)).astype(np.float32)
+    weights = rng.uniform(0.1, 1.0, size=4000).astype(np.float32)
+    encoder = build_static_encoder(
+        4000, 24, output_dim=8, embeddings_initializer=table, token_weights=weights
+    )
+    np.testing.assert_array_equal(
+        encoder.get_layer("token_embedding").embeddings.numpy(), table * weights[:, None]
+    )
+    assert len(json.dumps(encoder.get_config())) < 10_000  # neither array as text
+    path = tmp_path / "static.keras"
+    encoder.save(path)
+    weight_bytes = sum(w.numpy().nbytes for w in encoder.weights)
+    assert weight_bytes < path.stat().st_size < 1.5 * weight_bytes

@@ -156,28 +156,28 @@ def _zero_encoder(preprocessor):
 
 def test_pair_export_signatures_and_metadata(pair_export):
     assert pair_export.kind == "pair"
-    assert pair_export.signatures == ("similarity", "embed")
-    assert pair_export.serving_default == "similarity"
+    assert pair_export.signatures == ("embed", "similarity")
+    assert pair_export.serving_default == "embed"  # the one rule: an encoder serves `embed`
     assert pair_export.size_bytes == storage.directory_size(pair_export.path) > 0
 
     loaded = _load(pair_export.path)
     assert set(loaded.signatures) == {"similarity", "embed", "serving_default"}
-    embed = loaded.signatures["embed"]
-    assert embed.structured_input_signature[1] == {
-        "sentences": tf.TensorSpec([None], tf.string, name="sentences")
-    }
-    assert embed.structured_outputs["embedding"].dtype == tf.float32
-    assert embed.structured_outputs["embedding"].shape.as_list() == [None, 16]
-    for name in ("similarity", "serving_default"):
-        signature = loaded.signatures[name]
-        assert set(signature.structured_input_signature[1]) == {"sentence_a", "sentence_b"}
-        assert signature.structured_outputs["score"].shape.as_list() == [None]
-        assert signature.structured_outputs["score"].dtype == tf.float32
+    for name in ("embed", "serving_default"):
+        embed = loaded.signatures[name]
+        assert embed.structured_input_signature[1] == {
+            "sentences": tf.TensorSpec([None], tf.string, name="sentences")
+        }
+        assert embed.structured_outputs["embedding"].dtype == tf.float32
+        assert embed.structured_outputs["embedding"].shape.as_list() == [None, 16]
+    signature = loaded.signatures["similarity"]
+    assert set(signature.structured_input_signature[1]) == {"sentence_a", "sentence_b"}
+    assert signature.structured_outputs["score"].shape.as_list() == [None]
+    assert signature.structured_outputs["score"].dtype == tf.float32
 
     metadata = json.loads((pair_export.path / serving.METADATA_PATH).read_text())
     assert metadata["format"] == serving.EXPORT_FORMAT
     assert metadata["kind"] == "pair"
-    assert metadata["serving_default"] == "similarity"
+    assert metadata["serving_default"] == "embed"
     assert metadata["signatures"]["similarity"]["inputs"] == ["sentence_a", "sentence_b"]
     assert metadata["signatures"]["embed"]["inputs"] == ["sentences"]
     assert metadata["tokenizer"]["sequence_length"] == SEQUENCE_LENGTH
@@ -314,9 +314,10 @@ def test_reload_without_keras_matches_in_memory_students(
         classifier = tf.saved_model.load(classifier_dir)
         outputs = {
             "pair_embedding": pair.signatures["embed"](sentences=s)["embedding"],
-            "pair_score": pair.signatures["serving_default"](sentence_a=s, sentence_b=s[::-1])[
+            "pair_score": pair.signatures["similarity"](sentence_a=s, sentence_b=s[::-1])[
                 "score"
             ],
+            "pair_default": pair.signatures["serving_default"](sentences=s)["embedding"],
             "bert_embedding": bert.signatures["serving_default"](sentences=s)["embedding"],
             "probabilities": classifier.signatures["classify"](sentences=s)["probabilities"],
             "label": classifier.signatures["classify"](sentences=s)["label"],
@@ -358,6 +359,7 @@ def test_reload_without_keras_matches_in_memory_students(
     student = distiller.student
     expected = {
         "pair_embedding": _tower(student)(ids),
+        "pair_default": _tower(student)(ids),
         "pair_score": student({"sentence_a": ids, "sentence_b": reversed_ids})[:, 0],
         "bert_embedding": bert_student(preprocessor(_strings(SENTENCES))),
         "probabilities": classifier(ids),

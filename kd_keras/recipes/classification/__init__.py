@@ -1,4 +1,8 @@
-"""The SST-2 recipe (`kd-keras distill-classifier`): a fine-tuned MiniLM into a BiLSTM.
+"""The classification recipe (`kd-keras distill-classifier`): a fine-tuned BERT into a BiLSTM.
+
+On the user's labeled files (`--train`, `--dev`, `--test`) or SST-2, with a
+teacher fine-tuned here or one already fine-tuned (a Hugging Face
+`BertForSequenceClassification` folder, a `.keras` classifier).
 
 A recipe module has the same shape as every other (`kd_keras.recipes`):
 `Config` (a dataclass of settings), `HELP` and `CHOICES` (from which the
@@ -9,7 +13,11 @@ are in `kd_keras.recipes.classification.job`.
 from kd_keras.recipes.classification.config import CHOICES, HELP, ClassificationConfig
 
 Config = ClassificationConfig
-DESCRIPTION = "Distill a fine-tuned text classifier into a BiLSTM (SST-2, Tang et al. 2019)."
+DESCRIPTION = (
+    "Distill a fine-tuned text classifier into a BiLSTM (Tang et al. 2019): your labeled "
+    "files (--train/--dev/--test) or SST-2; your already fine-tuned classifier or one "
+    "fine-tuned here."
+)
 
 __all__ = ["CHOICES", "DESCRIPTION", "HELP", "ClassificationConfig", "Config", "run"]
 

@@ -1,4 +1,4 @@
-"""Settings of the SST-2 classification recipe (`kd-keras distill-classifier`)."""
+"""Settings of the classification recipe (`kd-keras distill-classifier`)."""
 
 import dataclasses
 
@@ -11,6 +11,7 @@ CHOICES = {
     "objective": ("logit_mse", "forward_kl"),
     "pooling": ("max", "mean", "last"),
     "embedding_init": ("vocab", "pca", "random"),
+    "teacher_kind": ("auto", "encoder", "classifier"),
 }
 
 
@@ -18,13 +19,29 @@ CHOICES = {
 class ClassificationConfig:
     """Settings of a `kd-keras distill-classifier` run; the flags mirror the fields (`HELP`).
 
-    The SST-2 files are read from the data folder (`data_dir`, see
-    `kd_keras.data.data_dir`).
+    Data: the user's labeled files (`train`, `dev`, optional `test`: CSV or
+    TSV with a header row, or JSON lines; columns `text` and `label`,
+    `kd_keras.data.read_labeled_texts`), else the shipped SST-2 files of the
+    data folder (`data_dir`, see `kd_keras.data.data_dir`). The classes are
+    the training file's labels, sorted.
+
+    Teacher: an encoder fine-tuned here with a classification head
+    (`teacher_kind="encoder"`), or a classifier that is already fine-tuned
+    and is used as it is (`"classifier"`: a Hugging Face
+    `BertForSequenceClassification` folder or a `.keras` classifier);
+    `"auto"` tells them apart (`kd_keras.recipes.classification.teacher`).
     """
 
     run_dir: str = "runs/sst2"
     data_dir: str = None
+    train: str = None
+    dev: str = None
+    test: str = None
+    text: str = "text"
+    label: str = "label"
     teacher: str = "default"
+    teacher_kind: str = "auto"
+    teacher_classes: str = None
     sequence_length: int = 64
     teacher_train_limit: int = None
     teacher_epochs: int = 1
@@ -53,6 +70,23 @@ class ClassificationConfig:
     def validate(self):
         """Checks every setting; raises `ConfigError` naming the first bad one."""
         check_config(self, CHOICES)
+        if self.train is None and (self.dev or self.test):
+            given = "--dev" if self.dev else "--test"
+            raise ConfigError(
+                f"{given} needs --train (without --train the shipped SST-2 files are used)."
+            )
+        if self.train is not None and not self.dev:
+            raise ConfigError("--train needs --dev (the held-out file accuracy is measured on).")
+        for name in ("text", "label"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"--{name} must name a column; got {getattr(self, name)!r}.")
+        if self.teacher_classes is not None and not all(
+            name.strip() for name in self.teacher_classes.split(",")
+        ):
+            raise ConfigError(
+                f"--teacher-classes must be comma-separated class names; got "
+                f"{self.teacher_classes!r}."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1); got {self.dropout}.")
         check_bounds(
@@ -83,17 +117,30 @@ _AT_LEAST_ONE = (
 HELP = {
     "run_dir": "output folder (created); its cache/ keeps the teacher and its logits for reruns",
     "data_dir": "folder of the shipped data (default: $KD_KERAS_DATA, else the checkout's data/)",
-    "teacher": "'default' (offline all-MiniLM-L6-v2) or a spec for "
-    "kd_keras.models.teachers.load_teacher",
-    "sequence_length": "maximum tokens per sentence",
-    "teacher_train_limit": "SST-2 training phrases (a random sample) the teacher is fine-tuned "
-    "on (default: all 67,349)",
+    "train": "labeled training file: CSV or TSV with a header row, or JSON lines (.jsonl); "
+    "its labels (strings or integers) are the classes (default: the shipped SST-2)",
+    "dev": "labeled dev file, same format (needed with --train)",
+    "test": "labeled test file, same format (optional)",
+    "text": "column (JSON key) of the texts in --train/--dev/--test",
+    "label": "column (JSON key) of the labels in --train/--dev/--test",
+    "teacher": "'default' (offline all-MiniLM-L6-v2), a teacher spec of "
+    "kd_keras.models.teachers.load_teacher (fine-tuned here), or an already fine-tuned "
+    "classifier used as it is: a Hugging Face BertForSequenceClassification folder or a "
+    ".keras classifier",
+    "teacher_kind": "auto (a BertForSequenceClassification folder or a .keras model that is "
+    "not an encoder is a classifier), encoder (fine-tune it with a new head) or classifier "
+    "(use it as it is)",
+    "teacher_classes": "comma-separated classes of a given classifier's outputs, in order "
+    "(default: the folder's id2label; for a .keras classifier, the training classes sorted)",
+    "sequence_length": "maximum tokens per text",
+    "teacher_train_limit": "training examples (a random sample) the teacher is fine-tuned on "
+    "(default: all)",
     "teacher_epochs": "epochs of the teacher's fine-tuning",
     "teacher_batch_size": "phrases per step of the teacher's fine-tuning",
     "teacher_learning_rate": "peak AdamW learning rate of the teacher's fine-tuning "
     "(warmup, then cosine decay)",
-    "train_limit": "SST-2 training phrases for the students (the first ones; default: all)",
-    "augment_per_sentence": "synthetic transfer sentences drawn per training phrase (Tang et al.)",
+    "train_limit": "training examples used (the first ones; default: all)",
+    "augment_per_sentence": "synthetic transfer sentences drawn per training text (Tang et al.)",
     "transfer_limit": "cap on the transfer set (gold first)",
     "epochs": "student epochs (both students)",
     "batch_size": "sentences per student step",
@@ -109,8 +156,9 @@ HELP = {
     "embedding_init": "student token embeddings: vocab (vocabulary distillation: each token "
     "alone through the encoder, PCA), pca (the encoder's input embeddings by PCA) or random; "
     "the distilled student's come from the fine-tuned teacher, the labels-only student's from "
-    "the encoder before fine-tuning",
-    "eval_limit": "SST-2 dev and test sentences scored (the first ones; default: all)",
+    "the encoder before fine-tuning (from the given classifier's encoder when it is already "
+    "fine-tuned)",
+    "eval_limit": "dev and test examples scored (the first ones; default: all)",
     "throughput_seconds": "seconds of the CPU throughput measurement per model",
     "seed": "random seed",
     "fit_verbose": "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch); "

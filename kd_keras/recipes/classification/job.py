@@ -1,42 +1,52 @@
-"""The SST-2 classification recipe, step by step: `run(config)`.
+"""The classification recipe, step by step: `run(config)`.
 
-Distils a fine-tuned MiniLM into a BiLSTM (Tang et al. 2019). Steps, each
-cached under `run_dir/cache/` so that a rerun skips what is done:
+Distils a fine-tuned BERT classifier into a BiLSTM (Tang et al. 2019), on
+the user's labeled files (`--train`, `--dev`, `--test`: CSV, TSV or JSON
+lines, `kd_keras.data.read_labeled_texts`; the classes are the training
+file's labels, sorted) or, by default, on SST-2. Steps, each cached under
+`run_dir/cache/` so that a rerun skips what is done:
 
-1. Teacher: the offline all-MiniLM-L6-v2 encoder
-   (`kd_keras.models.teachers.load_teacher`) with a classification head
-   (`kd_keras.models.heads.build_classifier`, mean pooling), fine-tuned on (a
-   `teacher_train_limit` sample of) the 67,349 SST-2 training phrases; saved
-   as `cache/teacher_classifier.keras` (its settings in
-   `cache/teacher_classifier.json`).
-2. Transfer set: the SST-2 training phrases (gold labels) plus synthetic ones
-   made by masking and n-gram sampling (`kd_keras.transfer.augment_sentences`,
+1. Teacher (`kd_keras.recipes.classification.teacher`): either an encoder
+   (the offline all-MiniLM-L6-v2 by default, any `load_teacher` spec) with a
+   classification head (`kd_keras.models.heads.build_classifier`, mean
+   pooling), fine-tuned here on (a `teacher_train_limit` sample of) the
+   training texts and saved as `cache/teacher_classifier.keras` (its
+   settings in `cache/teacher_classifier.json`); or a classifier that is
+   already fine-tuned, used as it is: a Hugging Face
+   `BertForSequenceClassification` folder or a `.keras` classifier, its
+   outputs mapped onto the training classes.
+2. Transfer set: the training texts (gold labels) plus synthetic ones made
+   by masking and n-gram sampling (`kd_keras.transfer.augment_sentences`,
    no label); the teacher's logits on all of them are cached
    (`kd_keras.teacher_pass.cache_teacher_outputs`).
 3. Students: two BiLSTM classifiers (`kd_keras.models.classifier`) of the
    same shape, same initial weights apart from the token embeddings, same
    epochs, same optimizer, trained with `kd_keras.Distiller(None, student)`
    on the cached logits:
-   - the labels-only student: cross-entropy on the gold phrases; its token
+   - the labels-only student: cross-entropy on the gold texts; its token
      embeddings by vocabulary distillation (each token alone through the
      encoder, PCA: `kd_keras.teacher_pass.vocabulary_outputs`, cached as
      `cache/vocabulary_pretrained.npz`, then
      `kd_keras.models.student_init.student_embeddings`) from the encoder
      *before* fine-tuning, so that it learns nothing from the fine-tuned
-     teacher;
+     teacher (with a given classifier there is no such encoder: both
+     students start from the given classifier's encoder, and only their
+     objectives differ);
    - the distilled student: `alpha * LogitMSE(teacher, student) + (1 - alpha) *
      cross-entropy` over the transfer set (`objective="forward_kl"` for the
      temperature KL instead), the cross-entropy only on gold rows (label -100
      elsewhere); its token embeddings by vocabulary distillation through the
      fine-tuned teacher (`fine_tuned_encoder`, cached as
      `cache/vocabulary_fine_tuned.npz`), which already carry the teacher's
-     sentiment.
+     knowledge.
    `embedding_init="pca"` takes the encoders' input embeddings instead. Both
    take the teacher's WordPiece ids, so all three models share one tokenizer.
 4. Export and evaluation: each model is exported as a raw-text SavedModel
    with a `classify` signature (`kd_keras.serving.export_student(...,
-   kind="classifier")`), and its SST-2 dev and test accuracy and CPU
-   throughput (sentences/s, batch 64) are measured through that export.
+   kind="classifier")`: class probabilities in the order of the classes,
+   which its `assets.extra/kd_keras_export.json` lists as `classes`), and
+   its dev and test accuracy and CPU throughput (sentences/s, batch 64) are
+   measured through that export.
 
 The run directory gets `teacher_export/`, `baseline_export/`,
 `student_export/` (the distilled student), `metrics.json` and `report.md`
@@ -56,24 +66,27 @@ from kd_keras import Distiller
 from kd_keras import losses as kd_losses
 from kd_keras.batching import BucketedBatches
 from kd_keras.checkpoints import StopOnNonFiniteLoss
-from kd_keras.data import data_path, read_sst2
+from kd_keras.data import DataError, data_path, read_labeled_texts, read_sst2
 from kd_keras.evaluation import throughput
 from kd_keras.models.classifier import build_bilstm_classifier
-from kd_keras.models.heads import build_classifier
 from kd_keras.models.student_init import student_embeddings
-from kd_keras.models.teachers import Teacher, load_teacher
 from kd_keras.progress import log
 from kd_keras.recipes.classification.config import ClassificationConfig
 from kd_keras.recipes.classification.report import report_text
-from kd_keras.serving import export_student, load_text_export
-from kd_keras.storage import atomic_path, write_json_atomic, write_text_atomic
+from kd_keras.recipes.classification.teacher import (
+    fine_tune_teacher,
+    fine_tuned_encoder,
+    given_classifier,
+    open_teacher,
+    pack_texts,
+)
+from kd_keras.recipes.config import ConfigError
+from kd_keras.serving import METADATA_PATH, export_student, load_text_export
+from kd_keras.storage import write_json_atomic, write_text_atomic
 from kd_keras.teacher_pass import cache_teacher_outputs, vocabulary_outputs
 from kd_keras.transfer import augment_sentences
 
-__all__ = ["TARGET_DEV_ACCURACY", "TARGET_GAIN", "evaluate_export", "fine_tuned_encoder", "run"]
-
-TARGET_DEV_ACCURACY = 88.0
-TARGET_GAIN = 1.5
+__all__ = ["evaluate_export", "fine_tuned_encoder", "run"]
 
 # `embedding_init` names -> `kd_keras.models.student_init.student_embeddings` names.
 _EMBEDDING_INITS = {"vocab": "vocab", "pca": "teacher", "random": "random"}
@@ -86,29 +99,28 @@ def _log(message):
 # === Data ===
 
 
-def _load_sst2(c):
-    """`{split: (sentences, int32 labels)}` of the SST-2 train, dev and test files."""
-    files = {"train": "sentiment-train", "dev": "sentiment-dev", "test": "sentiment-test"}
-    limits = {"train": c.train_limit, "dev": c.eval_limit, "test": c.eval_limit}
-    return {
-        split: read_sst2(data_path("sst2", name, override=c.data_dir), limits[split])
-        for split, name in files.items()
-    }
-
-
-def _pack(preprocessor, sentences, chunk=8192):
-    """BERT inputs of every sentence, padded to the longest: dict of int32 arrays."""
-    parts = []
-    for i in range(0, len(sentences), chunk):
-        packed = preprocessor.pack(preprocessor.tokenize(sentences[i : i + chunk]))
-        parts.append({k: v.numpy() for k, v in packed.items()})
-    width = max(p["token_ids"].shape[1] for p in parts)
-    return {
-        k: np.concatenate(
-            [np.pad(p[k], [(0, 0), (0, width - p[k].shape[1])]) for p in parts], axis=0
-        )
-        for k in parts[0]
-    }
+def _load_data(c):
+    """`(data, classes, files)`: `data` is `{split: (texts, int32 class indices)}`
+    (no `"test"` without a test file), `files` the paths read."""
+    if c.train is None:
+        names = {"train": "sentiment-train", "dev": "sentiment-dev", "test": "sentiment-test"}
+        files = {
+            split: data_path("sst2", name, override=c.data_dir) for split, name in names.items()
+        }
+        limits = {"train": c.train_limit, "dev": c.eval_limit, "test": c.eval_limit}
+        data = {split: read_sst2(path, limits[split]) for split, path in files.items()}
+        return data, [0, 1], files
+    files = {"train": c.train, "dev": c.dev, **({"test": c.test} if c.test else {})}
+    columns = {"text": c.text, "label": c.label}
+    texts, labels, classes = read_labeled_texts(c.train, **columns, limit=c.train_limit)
+    if len(classes) < 2:
+        raise DataError(f"{c.train}: one class only ({classes[0]!r}); a classifier needs two")
+    data = {"train": (texts, labels)}
+    for split in ("dev", "test"):
+        if split in files:
+            read = read_labeled_texts(files[split], **columns, classes=classes, limit=c.eval_limit)
+            data[split] = read[:2]
+    return data, classes, files
 
 
 def _ids_spec(*shape, dtype=tf.int32):
@@ -116,87 +128,6 @@ def _ids_spec(*shape, dtype=tf.int32):
 
 
 # === 1. Teacher ===
-
-
-def _teacher_settings(c):
-    """What the cached teacher classifier depends on."""
-    return {
-        "teacher": c.teacher,
-        "train_limit": c.teacher_train_limit,
-        "epochs": c.teacher_epochs,
-        "batch_size": c.teacher_batch_size,
-        "learning_rate": c.teacher_learning_rate,
-        "sequence_length": c.sequence_length,
-        "seed": c.seed,
-    }
-
-
-def _teacher_classifier(c, teacher, train_sentences, train_labels, cache_dir):
-    """Fine-tunes (or reloads) the teacher classifier; returns `(model, info)`."""
-    settings = _teacher_settings(c)
-    path = cache_dir / "teacher_classifier.keras"
-    info_path = cache_dir / "teacher_classifier.json"
-    if path.is_file() and info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if info.get("settings") == settings:
-            return keras.saving.load_model(str(path)), {**info, "reused": True}
-    rng = np.random.default_rng(c.seed)
-    n = len(train_labels)
-    limit = min(c.teacher_train_limit or n, n)
-    rows = np.sort(rng.choice(n, size=limit, replace=False))
-    packed = _pack(teacher.preprocessor, [train_sentences[i] for i in rows])
-    labels = train_labels[rows]
-    lengths = packed["padding_mask"].sum(axis=1)
-
-    def make_batch(index, width):
-        return {k: v[index, :width] for k, v in packed.items()}, labels[index]
-
-    batches = BucketedBatches(make_batch, lengths, c.teacher_batch_size, seed=c.seed)
-    signature = ({k: _ids_spec(None, None) for k in packed}, _ids_spec(None))
-    keras.utils.set_random_seed(c.seed)
-    model = build_classifier(teacher.encoder, 2, pooling="mean", name="teacher_classifier")
-    steps = len(batches) * c.teacher_epochs
-    warmup = max(1, steps // 10)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(1, steps - warmup),
-        alpha=0.0,
-        warmup_target=c.teacher_learning_rate,
-        warmup_steps=warmup,
-    )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    start = time.perf_counter()
-    model.fit(
-        batches.dataset(signature),
-        epochs=c.teacher_epochs,
-        verbose=c.fit_verbose,
-        callbacks=[StopOnNonFiniteLoss()],
-        shuffle=False,  # the batches shuffle themselves (Keras would warn that it ignores this)
-    )
-    seconds = time.perf_counter() - start
-    with atomic_path(path) as tmp:
-        model.save(str(tmp))
-    info = {"settings": settings, "train_examples": int(limit), "train_seconds": seconds}
-    write_json_atomic(info_path, info)
-    return model, {**info, "reused": False}
-
-
-def fine_tuned_encoder(classifier, preprocessor):
-    """The fine-tuned encoder inside `classifier` as a mean-pooled `Teacher`.
-
-    Its output is the classifier's features (the input of its logits layer,
-    `build_classifier(..., pooling="mean")`), not normalized.
-    """
-    encoders = [layer for layer in classifier.layers if hasattr(layer, "token_embedding")]
-    if len(encoders) != 1:
-        raise ValueError(
-            f"Expected one BERT encoder inside {classifier.name!r}; found {len(encoders)}."
-        )
-    return Teacher(encoders[0], preprocessor, pooling="mean", normalize=False)
 
 
 def _embeddings(c, encoder_teacher, cache_path):
@@ -212,6 +143,41 @@ def _embeddings(c, encoder_teacher, cache_path):
         token_outputs = vocabulary_outputs(encoder_teacher, cache_path, progress=c.fit_verbose == 1)
     embeddings = student_embeddings(init, encoder_teacher, c.embedding_dim, token_outputs)
     return "uniform" if embeddings is None else embeddings
+
+
+def _teacher(c, train, classes, cache_dir):
+    """The teacher classifier and the students' initial embeddings.
+
+    Returns:
+        `(teacher classifier, preprocessor, info, (baseline init, distilled init))`.
+    """
+    kind, loaded = open_teacher(c)
+    if kind == "encoder":
+        # The labels-only student's embeddings come from the encoder before
+        # fine-tuning (which changes `teacher.encoder` in place), so that it
+        # learns nothing from the fine-tuned teacher.
+        preprocessor = loaded.preprocessor
+        baseline_init = _embeddings(c, loaded, cache_dir / "vocabulary_pretrained.npz")
+        model, info = fine_tune_teacher(c, loaded, train, classes, cache_dir)
+        info = {"fine_tuned_here": True, "source": c.teacher, **info}
+        done = "reused" if info["reused"] else f"{info['train_seconds']:.0f} s"
+        _log(f"teacher: {c.teacher} fine-tuned on {info['train_examples']} texts ({done})")
+    else:
+        model, preprocessor, info = given_classifier(c, loaded, classes)
+        _log(f"teacher: {c.teacher}, already fine-tuned, used as it is ({info['outputs']})")
+    encoder = None
+    if c.embedding_init != "random":
+        try:
+            encoder = fine_tuned_encoder(model, preprocessor)
+        except ValueError:
+            raise ConfigError(
+                f"--embedding-init {c.embedding_init} needs a BERT encoder inside the teacher "
+                f"{c.teacher}; pass --embedding-init random."
+            ) from None
+    distilled_init = _embeddings(c, encoder, cache_dir / "vocabulary_fine_tuned.npz")
+    if kind != "encoder":
+        baseline_init = distilled_init
+    return model, preprocessor, info, (baseline_init, distilled_init)
 
 
 # === 2. Transfer set ===
@@ -253,10 +219,11 @@ def _train_student(c, name, initializer, vocabulary_size, data, alpha, distillat
         x = {"student": ids[index, :width], "teacher_outputs": teacher_logits[index]}
         return x, labels[index]
 
+    num_classes = int(teacher_logits.shape[1])
     keras.utils.set_random_seed(c.seed + 1)  # the same initial weights for both students
     student = build_bilstm_classifier(
         vocabulary_size,
-        num_classes=2,
+        num_classes=num_classes,
         embedding_dim=c.embedding_dim,
         hidden_dim=c.hidden_dim,
         dense_dim=c.dense_dim,
@@ -284,7 +251,7 @@ def _train_student(c, name, initializer, vocabulary_size, data, alpha, distillat
     signature = (
         {
             "student": _ids_spec(None, None),
-            "teacher_outputs": _ids_spec(None, 2, dtype=tf.float32),
+            "teacher_outputs": _ids_spec(None, num_classes, dtype=tf.float32),
         },
         _ids_spec(None),
     )
@@ -333,25 +300,44 @@ def _students(c, preprocessor, transfer, inits):
 # === 4. Export and evaluation ===
 
 
-def evaluate_export(path, sentences, labels, throughput_seconds, batch_size=64):
-    """Accuracy (in %) and CPU throughput of an exported classifier on `sentences`."""
+def evaluate_export(path, sentences, labels, throughput_seconds, batch_size=64, more=()):
+    """Accuracy (in %) and CPU throughput of an exported classifier on `sentences`.
+
+    Args:
+        path: the export folder (a `classify` signature).
+        sentences, labels: list of str and int class indices.
+        throughput_seconds: float. Seconds of the throughput measurement.
+        batch_size: int.
+        more: `(sentences, labels)` sets scored too, through the same load.
+
+    Returns:
+        `(accuracy, sentences per second)`, then one more accuracy per `more` set.
+    """
     classify = load_text_export(path).signatures["classify"]
 
     def run_batch(batch):
         return classify(sentences=tf.constant(batch))["label"]
 
-    predictions = np.concatenate(
-        [
-            run_batch(sentences[i : i + batch_size]).numpy()
-            for i in range(0, len(sentences), batch_size)
-        ]
-    )
-    accuracy = float(100.0 * np.mean(predictions == labels))
+    def accuracy(texts, gold):
+        predictions = np.concatenate(
+            [run_batch(texts[i : i + batch_size]).numpy() for i in range(0, len(texts), batch_size)]
+        )
+        return float(100.0 * np.mean(predictions == gold))
+
     speed = throughput(run_batch, sentences, batch_size=batch_size, min_seconds=throughput_seconds)
-    return accuracy, speed["sentences_per_second"]
+    scores = [accuracy(texts, gold) for texts, gold in more]
+    return (accuracy(sentences, labels), speed["sentences_per_second"], *scores)
 
 
-def _export_and_evaluate(c, run_dir, preprocessor, models, dev, test):
+def _record_classes(path, classes):
+    """Adds the classes, in the order of the `classify` probabilities, to an export's
+    metadata (`assets.extra/kd_keras_export.json`)."""
+    metadata_path = pathlib.Path(path) / METADATA_PATH
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    write_json_atomic(metadata_path, {**metadata, "classes": list(classes)})
+
+
+def _export_and_evaluate(c, run_dir, preprocessor, models, data, classes):
     """Exports each model and scores it through its export: `{key: results}`."""
     results = {}
     for key, (model, info) in models.items():
@@ -364,8 +350,12 @@ def _export_and_evaluate(c, run_dir, preprocessor, models, dev, test):
             from_logits=True,
             overwrite=True,
         )
-        dev_accuracy, speed = evaluate_export(path, *dev, c.throughput_seconds)
-        test_accuracy, _ = evaluate_export(path, *test, 0.0)
+        _record_classes(path, classes)
+        more = [data["test"]] if "test" in data else []
+        dev_accuracy, speed, *test = evaluate_export(
+            path, *data["dev"], c.throughput_seconds, more=more
+        )
+        test_accuracy = test[0] if test else None
         results[key] = {
             **{k: v for k, v in info.items() if k != "settings"},
             "export": path.name,
@@ -374,30 +364,30 @@ def _export_and_evaluate(c, run_dir, preprocessor, models, dev, test):
             "sentences_per_second": speed,
             "params": int(model.count_params()),
         }
-        _log(f"{key}: dev {dev_accuracy:.2f}, test {test_accuracy:.2f}, {speed:.0f} sentences/s")
+        test = "" if test_accuracy is None else f", test {test_accuracy:.2f}"
+        _log(f"{key}: dev {dev_accuracy:.2f}{test}, {speed:.0f} sentences/s")
     return results
 
 
-def _metrics(c, data, labels, teacher_pass_seconds, results):
+def _metrics(c, data, classes, files, labels, teacher_pass_seconds, results):
     """The metrics dict of `metrics.json` (and of the report)."""
     gold = int(np.sum(labels != -100))
-    gain = results["distilled"]["dev_accuracy"] - results["baseline"]["dev_accuracy"]
     return {
         "settings": dataclasses.asdict(c),
+        "data": {
+            "sst2": c.train is None,
+            "files": files,
+            "classes": list(classes),
+            "train_examples": len(data["train"][1]),
+        },
         "dev_examples": len(data["dev"][1]),
-        "test_examples": len(data["test"][1]),
+        "test_examples": len(data["test"][1]) if "test" in data else None,
         "transfer_set": {
             "gold": gold,
             "augmented": int(len(labels) - gold),
             "teacher_pass_seconds": teacher_pass_seconds,
         },
         **results,
-        "targets": {
-            "dev_accuracy": TARGET_DEV_ACCURACY,
-            "gain": TARGET_GAIN,
-            "dev_met": results["distilled"]["dev_accuracy"] >= TARGET_DEV_ACCURACY,
-            "gain_met": gain >= TARGET_GAIN,
-        },
     }
 
 
@@ -416,42 +406,28 @@ def run(config=None):
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     _log(f"output: {run_dir}")
-    data = _load_sst2(c)
-    train_sentences, train_labels = data["train"]
+    data, classes, files = _load_data(c)
+    _log(f"data: {len(data['train'][1])} training texts, {len(classes)} classes")
 
-    # 1. Teacher. The labels-only student's embeddings come from the encoder
-    # before fine-tuning (which changes `teacher.encoder` in place), so that it
-    # learns nothing from the fine-tuned teacher.
-    teacher = load_teacher(c.teacher, sequence_length=c.sequence_length)
-    preprocessor = teacher.preprocessor
-    baseline_init = _embeddings(c, teacher, cache_dir / "vocabulary_pretrained.npz")
-    teacher_clf, teacher_info = _teacher_classifier(
-        c, teacher, train_sentences, train_labels, cache_dir
-    )
-    done = "reused" if teacher_info["reused"] else f"{teacher_info['train_seconds']:.0f} s"
-    _log(f"teacher: fine-tuned on {teacher_info['train_examples']} phrases ({done})")
+    # 1. Teacher and the students' initial embeddings.
+    teacher_clf, preprocessor, teacher_info, inits = _teacher(c, data["train"], classes, cache_dir)
 
     # 2. Transfer set and the teacher's logits.
-    sentences, labels = _transfer_set(c, train_sentences, train_labels)
+    sentences, labels = _transfer_set(c, *data["train"])
     teacher_logits, teacher_pass_seconds = _teacher_logits(
         c, teacher_clf, preprocessor, sentences, cache_dir
     )
     _log(f"transfer set: {len(sentences)} sentences, teacher pass {teacher_pass_seconds:.0f} s")
-    ids = _pack(preprocessor, sentences)["token_ids"]
+    ids = pack_texts(preprocessor, sentences)["token_ids"]
     lengths = (ids != 0).sum(axis=1)
 
     # 3. Students.
-    distilled_init = _embeddings(
-        c, fine_tuned_encoder(teacher_clf, preprocessor), cache_dir / "vocabulary_fine_tuned.npz"
-    )
-    students = _students(
-        c, preprocessor, (ids, lengths, teacher_logits, labels), (baseline_init, distilled_init)
-    )
+    students = _students(c, preprocessor, (ids, lengths, teacher_logits, labels), inits)
 
     # 4. Export and evaluate through the exports.
     models = {"teacher": (teacher_clf, teacher_info), **students}
-    results = _export_and_evaluate(c, run_dir, preprocessor, models, data["dev"], data["test"])
-    metrics = _metrics(c, data, labels, teacher_pass_seconds, results)
+    results = _export_and_evaluate(c, run_dir, preprocessor, models, data, classes)
+    metrics = _metrics(c, data, classes, files, labels, teacher_pass_seconds, results)
     write_json_atomic(run_dir / "metrics.json", metrics)
     report = report_text(metrics)
     write_text_atomic(run_dir / "report.md", report)

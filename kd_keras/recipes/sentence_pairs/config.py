@@ -1,16 +1,42 @@
 """Settings of the sentence-pair recipe (`kd-keras distill`)."""
 
+import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import os
 import pathlib
+import sys
+import typing
 
 from kd_keras.recipes.config import ConfigError, check_bounds, check_config
 
-__all__ = ["CHOICES", "HELP", "DistillConfig"]
+__all__ = [
+    "BUILTIN_STUDENTS",
+    "CHOICES",
+    "HELP",
+    "STUDENT_ARGUMENTS",
+    "DistillConfig",
+    "check_student",
+    "cwd_on_sys_path",
+    "student_spec",
+]
+
+# `--student` is one of these or `MODULE:FUNCTION` (checked by `check_student`).
+BUILTIN_STUDENTS = ("bilstm", "static", "tiny_bert")
+# The keyword arguments a student function may take (`students.build_student`):
+# the first two always, the others when its signature accepts them.
+STUDENT_ARGUMENTS = (
+    "vocabulary_size",
+    "output_dim",
+    "token_embeddings",
+    "embedding_dim",
+    "preprocessor",
+    "sequence_length",
+    "teacher",
+)
 
 CHOICES = {
-    "student": ("bilstm", "static", "tiny_bert"),
     "embedding_init": ("random", "teacher", "vocab"),
     "lr_schedule": ("cosine", "constant"),
     "objective": ("embedding", "score", "soft_label", "relational"),
@@ -28,6 +54,31 @@ class DistillConfig:
     Data: `train`, `dev`, `test` default to the STS-B splits of the data
     folder (`kd_keras.data.data_dir`); `unlabeled` to its English transfer
     corpus, `transfer-en/*.txt.gz` (`"none"` for no unlabeled sentences).
+
+    Student: `"bilstm"`, `"static"`, `"tiny_bert"`, or your own: a function,
+    or `"MODULE:FUNCTION"` naming one (the module importable from the
+    current directory or `PYTHONPATH`). It is called with the keyword
+    arguments `vocabulary_size` and `output_dim` (the teacher's width), plus
+    those of `STUDENT_ARGUMENTS` that its signature accepts (`**kwargs`
+    takes them all):
+
+    - `token_embeddings`: float32 `[vocabulary_size, embedding_dim]` initial
+      token embeddings as `embedding_init` says (`"vocab"`: vocabulary
+      distillation, a teacher pass over the vocabulary, cached, run only
+      when this argument is accepted; `"teacher"`: the teacher's own, PCA;
+      `"random"`: `None`);
+    - `embedding_dim`, `sequence_length`: those settings;
+    - `preprocessor`: the student's `BertPreprocessor` (the teacher's
+      tokenizer, `sequence_length` tokens);
+    - `teacher`: the loaded `Teacher`.
+
+    It returns a `keras.Model` from int32 token ids `[batch, length]` (0 is
+    padding; each batch is padded to its longest sentence, so padding must
+    not change an embedding: `mask_zero=True` and mask-aware layers; the
+    recipe warns when it does) to `[batch, output_dim]`. The recipe appends
+    a `UnitNormalization` layer (a no-op on an output that is already unit
+    length) and names the student by the model's `name` in the log and the
+    report.
     """
 
     teacher: str = "default"
@@ -48,7 +99,7 @@ class DistillConfig:
     augment: int = 1
     repaired_pairs: int = 0
     max_pairs: int = None
-    student: str = "bilstm"
+    student: str | typing.Callable = "bilstm"
     embedding_dim: int = 256
     hidden_dim: int = 128
     embedding_skip: bool = True
@@ -105,9 +156,15 @@ class DistillConfig:
         c.cache_dir = os.path.abspath(c.cache_dir) if c.cache_dir else str(runs / "cache")
         return c
 
+    def as_dict(self):
+        """The settings as a JSON-ready dict: a student function as `module:qualname`."""
+        return {**dataclasses.asdict(self), "student": student_spec(self.student)}
+
     def validate(self):
         """Checks every setting; raises `ConfigError` naming the first bad one."""
-        check_config(self, CHOICES)
+        check_student(self.student)
+        # The student checked above may be a function: the others by the common rules.
+        check_config(dataclasses.replace(self, student=BUILTIN_STUDENTS[0]), CHOICES)
         check_bounds(
             self,
             at_least={
@@ -177,8 +234,13 @@ HELP = {
     "repaired_pairs": "random re-pairings of transfer sentences to add",
     "max_pairs": "cap on transfer pairs (gold pairs kept first)",
     "student": "bilstm, static (a SIF-weighted mean of token embeddings and a projection: "
-    "Model2Vec/tokenlearn trained here) or tiny_bert",
-    "embedding_dim": "BiLSTM token embedding width",
+    "Model2Vec/tokenlearn trained here), tiny_bert, or your own as MODULE:FUNCTION (importable "
+    "from the current directory or PYTHONPATH), called with vocabulary_size and output_dim and "
+    "those it accepts of token_embeddings (--embedding-init's matrix; vocab costs a cached teacher "
+    "pass over the vocabulary), embedding_dim, preprocessor, sequence_length and teacher; it "
+    "returns a keras.Model from int32 token ids [batch, length] (0 = padding: mask it) to "
+    "[batch, output_dim], L2-normalized by the recipe (example: examples/gru_student.py)",
+    "embedding_dim": "token embedding width (BiLSTM, static, your own student's token_embeddings)",
     "hidden_dim": "BiLSTM units per direction",
     "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
     "dropout": "BiLSTM dropout on the token embeddings (0 makes training deterministic, e.g. "
@@ -186,7 +248,9 @@ HELP = {
     "bert_layers": "tiny-BERT layers (taken from the teacher's)",
     "bert_intermediate_dim": "tiny-BERT feedforward units per layer (the teacher's strongest; "
     "default: all)",
-    "embedding_init": "BiLSTM embeddings: random, teacher (PCA of the teacher's) or vocab",
+    "embedding_init": "token embeddings of the BiLSTM, static and your own student: random, "
+    "teacher (PCA of the teacher's) or vocab (vocabulary distillation: each token alone "
+    "through the teacher, cached, then PCA)",
     "objective": "embedding, score, soft_label or relational (embedding MSE plus the MSE of the "
     "cosines between every two sentences of the batch)",
     "distillation_loss": "override the objective's loss (a kd_keras.losses name)",
@@ -215,3 +279,66 @@ HELP = {
     "overwrite": "train again in an --output-dir that holds a finished run",
     "throughput_seconds": "seconds of the CPU throughput measurement per model",
 }
+
+
+# === The student setting ===
+
+
+def student_spec(student):
+    """The student setting as text: a name, `MODULE:FUNCTION`, or a function's `module:qualname`."""
+    if isinstance(student, str):
+        return student
+    module = getattr(student, "__module__", None) or "?"
+    name = getattr(student, "__qualname__", None) or type(student).__qualname__
+    return f"{module}:{name}"
+
+
+@contextlib.contextmanager
+def cwd_on_sys_path():
+    """Puts the current directory first on `sys.path` for a while, as `python -m` does."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def check_student(student):
+    """Checks `--student` without importing the user's module (nor TensorFlow).
+
+    A built-in name or a function passes; `MODULE:FUNCTION` needs both parts
+    and a module that `importlib` finds from the current directory or
+    `PYTHONPATH`. Whether the module has the function is checked when it
+    is imported (`students.student_function`).
+
+    Raises:
+        ConfigError: one line naming the setting.
+    """
+    if callable(student) or student in BUILTIN_STUDENTS:
+        return
+    if not isinstance(student, str):
+        raise ConfigError(
+            f"--student: expected a name, MODULE:FUNCTION or a function, got {student!r} "
+            f"({type(student).__name__})"
+        )
+    module, _, function = student.partition(":")
+    parts = module.split(".")
+    if not function or not all(p.isidentifier() for p in parts + function.split(".")):
+        raise ConfigError(
+            f"--student must be one of {', '.join(BUILTIN_STUDENTS)} or MODULE:FUNCTION "
+            f"(e.g. my_students:build_gru); got {student!r}"
+        )
+    with cwd_on_sys_path():
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # a parent package is missing, no __spec__
+            found = None
+    if found is None:
+        raise ConfigError(
+            f"--student {student}: no module named {module!r} in the current directory "
+            f"({os.getcwd()}) or on PYTHONPATH"
+        )

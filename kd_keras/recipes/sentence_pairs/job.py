@@ -145,60 +145,6 @@ def _label_folders(c, teacher, free, cache, progress):
     return folders
 
 
-def _build_student(c, teacher, cache, progress, strategy, sentences=()):
-    """The student's sentence encoder: token inputs to a unit-norm embedding.
-
-    Its variables are made in `strategy`'s scope (the teacher runs outside
-    it). `sentences` (the transfer set's) give the static student's SIF weights.
-    """
-    if c.student == "tiny_bert":
-        from kd_keras.models.tiny_bert import build_tiny_bert_student
-
-        with strategy.scope():
-            return build_tiny_bert_student(
-                teacher=teacher,
-                num_layers=c.bert_layers,
-                intermediate_dim=c.bert_intermediate_dim,
-                normalize=True,
-            )
-    from kd_keras.models.student_init import student_embeddings
-    from kd_keras.teacher_pass import vocabulary_outputs
-
-    width = int(teacher.output.shape[-1])
-    vocabulary_size = len(teacher.preprocessor.vocabulary)
-    token_outputs = None
-    if c.embedding_init == "vocab":
-        # Raw per-token teacher outputs, fingerprinted: one file per
-        # teacher serves every embedding width.
-        path = cache / f"vocabulary-{digest(c.teacher, vocabulary_size)}.npz"
-        token_outputs = vocabulary_outputs(teacher, path, progress=progress)
-    init = student_embeddings(c.embedding_init, teacher, c.embedding_dim, token_outputs)
-    init = "uniform" if init is None else init
-    if c.student == "static":
-        from kd_keras.models.static import build_static_encoder, sif_weights, token_counts
-
-        weights = None
-        if hasattr(init, "shape"):
-            weights = sif_weights(token_counts(teacher.preprocessor, sentences))
-        with strategy.scope():
-            return build_static_encoder(
-                vocabulary_size, c.embedding_dim, width, init, token_weights=weights
-            )
-    from kd_keras.models.bilstm import build_bilstm_encoder
-
-    with strategy.scope():
-        return build_bilstm_encoder(
-            vocabulary_size,
-            embedding_dim=c.embedding_dim,
-            hidden_dim=c.hidden_dim,
-            output_dim=width,
-            embeddings_initializer=init,
-            normalize=True,
-            embedding_skip=c.embedding_skip,
-            dropout=c.dropout,
-        )
-
-
 def _transfer_sentences(pairs, folders):
     """Every sentence of the transfer set, streamed: the in-memory ones, then the shards'."""
     from kd_keras.labels import read_labels
@@ -264,6 +210,7 @@ def _train(c, out, data, encoder, preprocessor, progress, strategy):
     from kd_keras import distribute
     from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
     from kd_keras.progress import training_progress
+    from kd_keras.recipes.sentence_pairs.students import student_name
     from kd_keras.recipes.sentence_pairs.training import StepHistory, pair_datasets
 
     pairs, tables, labels, dev = data
@@ -280,7 +227,7 @@ def _train(c, out, data, encoder, preprocessor, progress, strategy):
     backup_dir = distribute.worker_backup_dir(out / "backup", strategy)
     backup = ResumableBackup(backup_dir, states={"step_loss": curve})
     _log(
-        f"training {c.student} student ({encoder.count_params():,} parameters): "
+        f"training {student_name(c, encoder)} student ({encoder.count_params():,} parameters): "
         f"{c.epochs} epoch(s) of {steps} steps, checkpoint every {chunk} steps"
     )
     done = backup.checkpoints()
@@ -371,11 +318,14 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
         evaluate_text_export_in_subprocess,
     )
     from kd_keras.models.heads import build_pair_model
+    from kd_keras.recipes.sentence_pairs.students import student_module, student_name
     from kd_keras.serving import export_text_model, save_student
 
     t0 = time.perf_counter()
     student_dir = out / "student"
-    save_student(encoder, out / "student.keras", preprocessor)
+    # Your own student's module is imported before loading it (its custom layers).
+    modules = [m for m in [student_module(c.student)] if m]
+    save_student(encoder, out / "student.keras", preprocessor, modules=modules)
     export_text_model(
         build_pair_model(encoder, name="student"),
         preprocessor,
@@ -424,13 +374,14 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
             "export": str(path),
             "scores": r["scores"],
         }
+    models["student"]["name"] = student_name(c, encoder)
     return models, export_seconds
 
 
 def _metrics(c, transfer, test, models, history, step_loss, steps, timings):
     t, s = models["teacher"], models["student"]
     return {
-        "config": dataclasses.asdict(c),
+        "config": c.as_dict(),
         "data": {**transfer, "test_pairs": len(test[0])},
         "models": {
             name: {k: v for k, v in m.items() if k != "scores"} for name, m in models.items()
@@ -470,10 +421,14 @@ def _transfer_data(c, data, unlabeled, teacher):
     return pairs, free
 
 
-def _transfer_summary(pairs, folders):
+def _transfer_summary(pairs, folders, given=()):
+    """Sizes of the transfer set, and each labels folder streamed: its rows, its
+    store dtype (from its manifest) and whether it came from `--labels` (`given`)."""
     from kd_keras.labels import read_manifest
 
-    streamed = sum(read_manifest(f)["rows"] for f in folders)
+    manifests = [read_manifest(f) for f in folders]
+    streamed = sum(m["rows"] for m in manifests)
+    given = {os.path.abspath(g) for g in given}
     return {
         "transfer_pairs": len(pairs) + streamed // 2,
         "labeled_pairs": int(pairs.labeled.sum()),
@@ -481,6 +436,15 @@ def _transfer_summary(pairs, folders):
         "memory_pairs": len(pairs),
         "streamed_sentences": streamed,
         "label_folders": [str(f) for f in folders],
+        "label_streams": [
+            {
+                "folder": str(f),
+                "rows": m["rows"],
+                "store": m["settings"]["store"],
+                "given": os.path.abspath(f) in given,
+            }
+            for f, m in zip(folders, manifests, strict=True)
+        ],
     }
 
 
@@ -488,6 +452,7 @@ def _teacher_side(c, cache, progress, chief):
     """Data, teacher and its labels: `(data, teacher, pairs, tables, folders, teacher_dir,
     transfer summary, seconds of the teacher pass)`."""
     from kd_keras.models.teachers import load_teacher
+    from kd_keras.recipes.sentence_pairs.report import data_files
 
     data, unlabeled, mix = _load_data(c)
     teacher = load_teacher(c.teacher)
@@ -497,7 +462,12 @@ def _teacher_side(c, cache, progress, chief):
     folders = _label_folders(c, teacher, free, cache, progress)
     teacher_dir = _teacher_export(c, cache, teacher) if chief else None
     seconds = time.perf_counter() - t0
-    transfer = {**_transfer_summary(pairs, folders), "unlabeled_mix": mix}
+    given = [p.strip() for p in (c.labels or "").split(",") if p.strip()]
+    transfer = {
+        **_transfer_summary(pairs, folders, given),
+        "unlabeled_mix": mix,
+        "files": data_files(c),  # their bytes: the report tells STS-B from the user's files
+    }
     _log(
         f"transfer set: {transfer['transfer_pairs']} pairs ({transfer['labeled_pairs']} with gold "
         f"scores), {transfer['transfer_sentences']} sentences, "
@@ -550,10 +520,12 @@ def run(config=None, progress=True):
     import keras
 
     from kd_keras import distribute
+    from kd_keras.recipes.sentence_pairs.students import build_student, student_function
 
     c = (config or DistillConfig()).resolved()
     c.validate()
     strategy = distribute.strategy(c.distribute)  # before any other TensorFlow op
+    function = student_function(c.student)  # your own student's, before anything slow
     chief = distribute.is_chief(strategy)
     out = _writable_folder(c.output_dir, "--output-dir")
     cache = _writable_folder(c.cache_dir, "--cache-dir")
@@ -563,7 +535,7 @@ def run(config=None, progress=True):
             "or pass --overwrite to train again there"
         )
     if chief:
-        write_json_atomic(out / "config.json", dataclasses.asdict(c))
+        write_json_atomic(out / "config.json", c.as_dict())
     timings = {"start": time.perf_counter()}
     keras.utils.set_random_seed(c.seed)
 
@@ -574,8 +546,15 @@ def run(config=None, progress=True):
 
     t0 = time.perf_counter()
     preprocessor = _student_preprocessor(teacher, c.sequence_length)
-    encoder = _build_student(
-        c, teacher, cache, progress, strategy, _transfer_sentences(pairs, folders)
+    encoder, timings["vocabulary_s"] = build_student(
+        c,
+        teacher,
+        preprocessor,
+        cache,
+        progress,
+        strategy,
+        _transfer_sentences(pairs, folders),
+        function=function,
     )
     timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

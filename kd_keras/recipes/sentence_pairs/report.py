@@ -1,16 +1,145 @@
-"""`report.md` and its PNG plots for a sentence-pair distillation run."""
+"""`report.md` and its PNG plots for a sentence-pair distillation run.
 
+The report is about the user's run: it names their files and label folders,
+and speaks of STS-B (or shows the stored STS-B size sweep) only when the run
+used the shipped STS-B files, recognized by their bytes (`data_files`,
+`is_stsb`, `sweep_matches`).
+"""
+
+import dataclasses
+import hashlib
 import json
+import os
 import pathlib
 
 from kd_keras.evaluation import machine_description
-from kd_keras.storage import write_text_atomic
+from kd_keras.storage import file_sha256, write_text_atomic
 
-__all__ = ["SIZE_CURVE", "plot_transfer_size", "write_report"]
+__all__ = [
+    "SIZE_CURVE",
+    "STSB_SHA256",
+    "TRANSFER_EN_SHA256",
+    "corpus_digest",
+    "data_files",
+    "is_stsb",
+    "plot_transfer_size",
+    "sweep_matches",
+    "write_report",
+]
 
 # The stored dev-Spearman-against-size sweep (`benchmarks/transfer_size.py`) of
 # a checkout; a report shows it when the run has the sweep's setup.
 SIZE_CURVE = pathlib.Path(__file__).resolve().parents[3] / "benchmarks/results/transfer_size.json"
+
+# SHA-256 of the shipped STS-B splits (`data/stsb/`, the SentEval copy).
+STSB_SHA256 = {
+    "train": "0f71910b59aa1ad973c5897f0791f3b0965a92b8f82b1a95f3eea9f4162fda82",
+    "dev": "5d7e944d8b02734b07bfdb5df67db3420c64bed153fcaa1ba47ad03480cf4234",
+    "test": "affe45928a66ee5a708531233c95b7dacbbdc57f974f002a3d32ea0180cf816a",
+}
+# `corpus_digest` of the 23 files of the shipped `data/transfer-en/*.txt.gz`
+# (their SHA-256 as `data/transfer-en/SHA256SUMS` lists them).
+TRANSFER_EN_SHA256 = "0958e2bcf249db58f114d43c024a5a79b03f14b25d4a814d809afc021ffc77e9"
+
+# When the stored sweep is shown. It was measured for one setup, and a run
+# matches it only when all of these hold:
+# 1. its train, dev and test files are the shipped STS-B splits, and its
+#    unlabeled files the whole shipped transfer-en corpus (by their bytes,
+#    wherever they lie and whatever their names);
+# 2. its teacher, student, objective and augment are those the sweep's rows
+#    record, and its training steps (epochs x steps per epoch) the rows';
+# 3. every other setting is at its default, as in the sweep's command (no
+#    `--labels` folder, the default student sizes, learning rate, batch...),
+#    except those in `_SWEEP_FREE`: the sweep's own axis (`unlabeled_limit`),
+#    where files are read and written, the seed, and settings that leave the
+#    training as it is (`overwrite`, `distribute`, `throughput_seconds`).
+_SWEEP_ROW_KEYS = ("teacher", "student", "objective", "augment")
+_SWEEP_FREE = frozenset(
+    (
+        "data_dir",
+        "train",
+        "dev",
+        "test",
+        "unlabeled",
+        "unlabeled_limit",
+        "seed",
+        "output_dir",
+        "cache_dir",
+        "overwrite",
+        "distribute",
+        "throughput_seconds",
+    )
+)
+
+
+# === Which data the run used ===
+
+
+def corpus_digest(hashes):
+    """One SHA-256 for a set of files, from their SHA-256s (order and names ignored)."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode("ascii")).hexdigest()
+
+
+def data_files(c):
+    """The run's data files and their SHA-256, as the metrics' `data.files` records them.
+
+    Args:
+        c: the resolved `DistillConfig`.
+
+    Returns:
+        `{"train" | "dev" | "test": {"path", "sha256"}, "unlabeled": [{"path",
+        "sha256"}, ...]}`, the paths as given; `unlabeled` empty when the run
+        samples no unlabeled sentences.
+    """
+    from kd_keras.data import corpus_files
+
+    def record(path):
+        return {"path": str(path), "sha256": file_sha256(path)}
+
+    files = {split: record(getattr(c, split)) for split in ("train", "dev", "test")}
+    patterns = [p.strip() for p in (c.unlabeled or "").split(",") if p.strip()]
+    used = patterns and c.unlabeled_limit
+    files["unlabeled"] = [record(path) for path in corpus_files(patterns)] if used else []
+    return files
+
+
+def is_stsb(files):
+    """Whether the train, dev and test files of `data.files` are the shipped STS-B splits."""
+    files = files or {}
+    return all((files.get(s) or {}).get("sha256") == h for s, h in STSB_SHA256.items())
+
+
+def sweep_matches(c, d, rows):
+    """Whether a run (`config`, `data` of its metrics) has the setup of the sweep's `rows`.
+
+    The rule is written out above `_SWEEP_ROW_KEYS`.
+    """
+    from kd_keras.recipes.sentence_pairs.config import DistillConfig
+
+    files = d.get("files") or {}
+    unlabeled = [f["sha256"] for f in files.get("unlabeled", [])]
+    if not is_stsb(files) or corpus_digest(unlabeled) != TRANSFER_EN_SHA256:
+        return False
+    steps = c.get("epochs", 0) * (c.get("steps_per_epoch") or 0) or None
+    for r in rows:
+        row_config = r.get("config") or {}
+        if any(row_config.get(k) != c.get(k) for k in _SWEEP_ROW_KEYS):
+            return False
+        if r.get("training_steps") != steps:
+            return False
+    defaults = dataclasses.asdict(DistillConfig())
+    return all(
+        c.get(key, default) == default
+        for key, default in defaults.items()
+        if key not in _SWEEP_FREE and key not in _SWEEP_ROW_KEYS
+    )
+
+
+def _set_names(c, d):
+    """How the report calls the dev and test pairs: `STS-B dev`, or `dev (pairs.tsv)`."""
+    if is_stsb(d.get("files")):
+        return {"dev": "STS-B dev", "test": "STS-B test"}
+    return {s: f"{s} ({os.path.basename(str(c[s]))})" for s in ("dev", "test")}
 
 
 def plot_transfer_size(rows, path):
@@ -41,15 +170,14 @@ def plot_transfer_size(rows, path):
     plt.close(fig)
 
 
-def _size_curve_section(out, c, curve_file=SIZE_CURVE):
+def _size_curve_section(out, metrics, curve_file=SIZE_CURVE):
     """The stored size sweep as a report section, or "" when absent or of another setup."""
     try:
         curve = json.loads(pathlib.Path(curve_file).read_text())
         rows = curve["rows"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return ""
-    keys = ("teacher", "student", "objective")
-    if not rows or any(r["config"][k] != c[k] for r in rows for k in keys):
+    if not rows or not sweep_matches(metrics["config"], metrics["data"], rows):
         return ""
     plot_transfer_size(rows, out / "transfer_size.png")
     lines = [
@@ -72,7 +200,7 @@ Not measured in this run: the stored sweep of this setup (`{curve_file.name}`), 
 
 
 def _mix_text(c, d):
-    """The training-data mix, in words."""
+    """The training-data mix, in words: the user's files and `--labels` folders."""
     mix = d.get("unlabeled_mix") or {}
     total = sum(mix.values())
     parts = ", ".join(
@@ -81,11 +209,35 @@ def _mix_text(c, d):
     )
     text = f"Training-data mix: {d['labeled_pairs']:,} gold pairs from `{c['train']}`"
     if total:
-        text += f"; {total:,} unlabeled sentences: {parts}"
-    return text + f"; {c['augment']} augmented variant(s) of every sentence."
+        text += f"; {total:,} unlabeled sentences sampled from `{c.get('unlabeled')}`: {parts}"
+    given = [s for s in d.get("label_streams", []) if s["given"]]
+    if given:
+        folders = ", ".join(f"`{s['folder']}` {s['rows']:,}" for s in given)
+        text += (
+            f"; {sum(s['rows'] for s in given):,} sentences labeled beforehand "
+            f"(`--labels`): {folders}"
+        )
+    return text + (
+        f"; {c['augment']} augmented variant(s) of every gold-pair and unlabeled sentence."
+    )
 
 
-def _plots(out, metrics, teacher_scores, student_scores):
+def _store_text(c, d):
+    """The dtypes the teacher's labels were kept in: the label folders' own (manifests)."""
+    streams = d.get("label_streams")
+    if streams is None:  # metrics written before folders were recorded
+        return f"labels stored in `{c.get('store', 'float32')}`"
+    memory = "the gold pairs' kept in `float32`"
+    stores = sorted({s["store"] for s in streams})
+    if not stores:
+        return f"labels: {memory}"
+    if len(stores) == 1:
+        return f"streamed labels stored in `{stores[0]}`, {memory}"
+    per_folder = ", ".join(f"`{s['folder']}` `{s['store']}`" for s in streams)
+    return f"streamed labels stored per folder ({per_folder}), {memory}"
+
+
+def _plots(out, metrics, teacher_scores, student_scores, names):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +272,7 @@ def _plots(out, metrics, teacher_scores, student_scores):
     ax.plot([lo, 1], [lo, 1], "k--", lw=1)
     ax.set_xlabel("teacher cosine similarity")
     ax.set_ylabel("student cosine similarity")
-    ax.set_title("STS-B test pairs")
+    ax.set_title(f"{names['test']} pairs")
     fig.tight_layout()
     files["scatter"] = "similarity_scatter.png"
     fig.savefig(out / files["scatter"], dpi=100)
@@ -138,7 +290,7 @@ def _plots(out, metrics, teacher_scores, student_scores):
         )
     ax.set_xscale("log")
     ax.set_xlabel("CPU sentences per second (batch 64, exported SavedModel)")
-    ax.set_ylabel("STS-B test Spearman x100")
+    ax.set_ylabel(f"{names['test']} Spearman x100")
     ax.set_title("Quality against throughput")
     fig.tight_layout()
     files["tradeoff"] = "quality_vs_throughput.png"
@@ -167,17 +319,58 @@ def _epochs_text(c):
     return f"{c['epochs']} epoch(s)" + (f" of {steps} steps" if steps else "")
 
 
+def _quality_text(c, d, metrics):
+    """Where quality and speed were measured: STS-B wording only for the STS-B files."""
+    if is_stsb(d.get("files")):
+        where = (
+            f"Quality is on the STS-B **test** split (`{c['test']}`, {d['test_pairs']} pairs), "
+            f"and Spearman also on the dev split (`{c['dev']}`, where settings are chosen)"
+        )
+    else:
+        where = (
+            f"Quality is on the **test** pairs of `{c['test']}` ({d['test_pairs']} pairs), and "
+            f"Spearman also on the dev pairs of `{c['dev']}` (where settings are chosen)"
+        )
+    return f"""{where}: correlation x100 between the cosine similarity of the
+two sentence embeddings and the gold score. Speed is
+CPU sentences per second through the `embed` signature, batch 64, over the test
+sentences, the two models timed in turns in one process ({_rounds(metrics)} rounds; the
+median round, and the speed-up is the median of the rounds' ratios)."""
+
+
+def _time_text(t):
+    """The time line: every step the run spent time on."""
+    vocabulary = t.get("vocabulary_s")
+    steps = [f"teacher pass {t['teacher_pass_s']:.0f} s"]
+    if vocabulary is not None:
+        steps.append(f"vocabulary distillation {vocabulary:.0f} s")
+    steps += [
+        f"training {t['training_s']:.0f} s",
+        f"exports {t['export_s']:.0f} s",
+        f"evaluation {t['evaluation_s']:.0f} s",
+    ]
+    return f"Time: {', '.join(steps)}, total {t['total_s'] / 60:.1f} min."
+
+
 def write_report(out, metrics, teacher_scores, student_scores):
     """Writes `report.md` and its plots into the run folder `out`.
+
+    The files are named as the user gave them; STS-B wording and the stored
+    STS-B size sweep appear only when the run's data are the shipped STS-B
+    files (`is_stsb`, `sweep_matches`).
 
     Args:
         out: `pathlib.Path` of the run folder.
         metrics: the run's metrics dict (as written to `metrics.json`).
         teacher_scores, student_scores: float arrays of the two models' test
             pair similarities.
+
+    Returns:
+        The path of `report.md`.
     """
-    files = _plots(out, metrics, teacher_scores, student_scores)
     c = metrics["config"]
+    d = metrics["data"]
+    files = _plots(out, metrics, teacher_scores, student_scores, _set_names(c, d))
     rows = []
     for name, m in metrics["models"].items():
         rows.append(
@@ -186,21 +379,15 @@ def write_report(out, metrics, teacher_scores, student_scores):
             f"{m['size_bytes'] / 2**20:.1f} MiB | {m['sentences_per_second']:.1f} |"
         )
     s = metrics["summary"]
-    t = metrics["timings"]
-    d = metrics["data"]
+    student = metrics["models"]["student"].get("name") or c["student"]
     text = f"""# Distillation report
 
-Teacher `{c["teacher"]}` -> {c["student"]} student, objective `{c["objective"]}`,
+Teacher `{c["teacher"]}` -> {student} student, objective `{c["objective"]}`,
 alpha {c["alpha"]}, {_epochs_text(c)}, batch {c["batch_size"]}.
 
 All numbers below were measured in this run, on this machine
 ({machine_description()}), through the two exported raw-text SavedModels.
-Quality is on the STS-B **test** split ({d["test_pairs"]} pairs), and Spearman on the dev
-split (where settings are chosen): correlation x100 between the cosine similarity of the
-two sentence embeddings and the gold score. Speed is
-CPU sentences per second through the `embed` signature, batch 64, over the test
-sentences, the two models timed in turns in one process ({_rounds(metrics)} rounds; the
-median round, and the speed-up is the median of the rounds' ratios).
+{_quality_text(c, d, metrics)}
 
 | model | dev Spearman | test Spearman | test Pearson | parameters | SavedModel size | sentences/s |
 |---|---|---|---|---|---|---|
@@ -212,18 +399,16 @@ The student keeps **{s["spearman_kept_pct"]:.1f}%** of the teacher's Spearman at
 Transfer set: {d["transfer_pairs"]:,} pairs ({d["labeled_pairs"]:,} with gold scores),
 {d["transfer_sentences"]:,} sentences labeled by the teacher, {d.get("streamed_sentences", 0):,}
 of them streamed from label shards (paired anew on every pass). Teacher pass in
-`{c.get("teacher_precision", "float32")}`, labels stored in `{c.get("store", "float32")}`.
+`{c.get("teacher_precision", "float32")}`; {_store_text(c, d)}.
 
 {_mix_text(c, d)}
 
-Time: teacher pass {t["teacher_pass_s"]:.0f} s, training {t["training_s"]:.0f} s,
-exports {t["export_s"]:.0f} s, evaluation {t["evaluation_s"]:.0f} s, total
-{t["total_s"] / 60:.1f} min.
+{_time_text(metrics["timings"])}
 
 ![training curves]({files["curves"]})
 
 ![teacher versus student similarity]({files["scatter"]})
 
 ![quality against throughput]({files["tradeoff"]})
-{_size_curve_section(out, c)}"""
+{_size_curve_section(out, metrics)}"""
     return write_text_atomic(out / "report.md", text)
