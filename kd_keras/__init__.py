@@ -6,8 +6,8 @@ The core is `Distiller` and `losses`; they are imported on first use, so that
 Layout: `kd_keras.models` (model builders and teacher loaders), `teacher_pass`
 (the teacher over a data set, cached), `recipes` (sentence pairs, text
 classification, causal LM), `serving` (raw-text SavedModel export),
-`storage` (atomic writes, fingerprints, cache files), `cli` (the `kd-keras`
-command).
+`quantize` (int8 copies of models), `storage` (atomic writes, fingerprints,
+cache files), `cli` (the `kd-keras` command).
 
 `import kd_keras` registers every custom Keras object of the project
 (`MaskedPooling`, `BertEncoder`, `Teacher`, `Distiller`, the losses...) with

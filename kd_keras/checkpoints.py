@@ -74,12 +74,16 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         states: dict `{name: object}` of other stateful callbacks, each with
             `get_state() -> JSON-able` and `set_state(state)`, saved and
             restored with the checkpoint.
+        keep: optional `fn() -> int or None`: an older checkpoint (by its
+            epoch count) to keep beside the newest, e.g. the best one so far,
+            to restore with `restore(epoch)` before the backup is deleted.
     """
 
-    def __init__(self, backup_dir, states=None):
+    def __init__(self, backup_dir, states=None, keep=None):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
         self.directory = pathlib.Path(backup_dir)
         self.states = dict(states or {})
+        self.keep = keep
         self.history = {}
 
     def _paths(self, epoch):
@@ -95,6 +99,18 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 if match:
                     found.setdefault(int(match.group(1)), set()).add(match.group(2))
         return sorted(epoch for epoch, kinds in found.items() if len(kinds) == 2)
+
+    def saved_state(self, name):
+        """The state of `states[name]` in the newest complete checkpoint, or `None`."""
+        done = self.checkpoints()
+        if not done:
+            return None
+        meta = json.loads(self._paths(done[-1])[0].read_text(encoding="utf-8"))
+        return meta["states"].get(name)
+
+    def restore(self, epoch):
+        """Loads the weights of the checkpoint after `epoch` Keras epochs (kept by `keep`)."""
+        self.model.load_weights(str(self._paths(epoch)[1]))
 
     def on_train_begin(self, logs=None):
         self._load_model()
@@ -135,8 +151,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         except BaseException:
             meta_path.unlink(missing_ok=True)  # not a checkpoint without its weights
             raise
-        # The new checkpoint is complete: only now do the older ones go.
-        self._remove(lambda other: other < epoch)
+        # The new checkpoint is complete: only now do the older ones go (but the one kept).
+        kept = self.keep() if self.keep else None
+        self._remove(lambda other: other < epoch and other != kept)
 
     def _remove(self, which):
         """Deletes the checkpoint files of the epochs `which(epoch)` selects."""

@@ -1,5 +1,6 @@
 """Quality and speed measurements for reports: correlations, throughput, the machine."""
 
+import importlib
 import json
 import os
 import platform
@@ -14,12 +15,15 @@ __all__ = [
     "compare_throughput",
     "compare_throughput_in_subprocess",
     "cpu_description",
+    "embed_text_export",
+    "embed_text_exports_in_subprocess",
     "evaluate_text_export",
     "evaluate_text_export_in_subprocess",
     "machine_description",
     "pearson",
     "rank",
     "spearman",
+    "text_embedder",
     "throughput",
 ]
 
@@ -98,10 +102,58 @@ def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batc
     return {"sentences_per_second": count / elapsed, "seconds": elapsed, "sentences": count}
 
 
-def compare_throughput(paths, sentences, rounds=5, seconds=2.0, batch_size=64):
-    """Sentences per second of several raw-text exports, timed in turns.
+def text_embedder(model):
+    """`embed(list of str)` of a model given as an export, a function or a factory.
 
-    Every export is loaded in this one process and warmed up; then each of
+    Args:
+        model: the folder of a raw-text SavedModel (`kd_keras.serving`: its
+            `embed` signature, whose outputs are left as TensorFlow gives
+            them); a function `embed(list of str) -> [N, D] array`; or a
+            factory spec `{"factory": "MODULE:FUNCTION", "kwargs": {...}}`,
+            the function that, called with `kwargs`, returns such a function
+            (what the `*_in_subprocess` functions take where a function cannot
+            cross to the other process; `kd_keras.reference.onnx_embedder`).
+
+    Returns:
+        The function.
+    """
+    if callable(model):
+        return model
+    if isinstance(model, dict):
+        module, _, name = model["factory"].partition(":")
+        return getattr(importlib.import_module(module), name)(**model.get("kwargs", {}))
+    import tensorflow as tf
+
+    from kd_keras.serving import load_text_export
+
+    embed = load_text_export(model).signatures["embed"]
+    return lambda batch: embed(sentences=tf.constant(batch))
+
+
+def _is_export(model):
+    return not callable(model) and not isinstance(model, dict)
+
+
+def _portable(model):
+    """`model` as the JSON of a request to another process (`text_embedder`)."""
+    if callable(model):
+        raise TypeError(
+            f"{model!r}: a function cannot be passed to another process; give a factory spec "
+            '{"factory": "MODULE:FUNCTION", "kwargs": {...}} (`text_embedder`).'
+        )
+    return model if isinstance(model, dict) else str(model)
+
+
+def _label(model):
+    if isinstance(model, dict):
+        return f"{model['factory']}({model.get('kwargs', {})})"
+    return str(model)
+
+
+def compare_throughput(models, sentences, rounds=5, seconds=2.0, batch_size=64):
+    """Sentences per second of several text encoders, timed in turns.
+
+    Every model is loaded in this one process and warmed up; then each of
     `rounds` rounds runs every model's `embed`, one model after the other,
     over the round's share of the batches (every `rounds`-th batch), repeated
     until `seconds` have passed (`throughput`). A machine whose speed drifts
@@ -111,26 +163,23 @@ def compare_throughput(paths, sentences, rounds=5, seconds=2.0, batch_size=64):
     round takes it about a `rounds`-th of a pass over `sentences`.
 
     Args:
-        paths: folders of raw-text SavedModels (`kd_keras.serving`); the
-            first is the reference of the ratios.
+        models: folders of raw-text SavedModels (`kd_keras.serving`),
+            functions `embed(list of str) -> [N, D] array` or factory specs,
+            in any mix (`text_embedder`); the first is the reference of the
+            ratios.
         sentences: list of str, run through `embed` in batches.
         rounds: int >= 1.
         seconds: float. Minimum duration of each model's turn in a round.
         batch_size: int.
 
     Returns:
-        A list, one dict per path: `sentences_per_second` (median over the
+        A list, one dict per model: `sentences_per_second` (median over the
         rounds), `rounds` (each round's figure) and `ratio` (median over the
         rounds of this model's speed over the first's).
     """
-    import tensorflow as tf
-
-    from kd_keras.serving import load_text_export
-
     if int(rounds) < 1:
         raise ValueError(f"`rounds` must be at least 1; received {rounds!r}.")
-    embeds = [load_text_export(path).signatures["embed"] for path in paths]
-    fns = [lambda batch, embed=embed: embed(sentences=tf.constant(batch)) for embed in embeds]
+    fns = [text_embedder(model) for model in models]
     for fn in fns:  # tracing and caches before any turn
         throughput(fn, sentences, batch_size, warmup=1, min_seconds=0.0, max_batches=2)
     batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
@@ -181,7 +230,7 @@ def latency(fn, sentences, calls=200, warmup=3, max_seconds=30.0):
 
 
 def evaluate_text_export(
-    path,
+    model,
     sentences_a,
     sentences_b,
     gold,
@@ -190,11 +239,14 @@ def evaluate_text_export(
     other_sets=None,
     latency_calls=0,
 ):
-    """Pair scores, correlations and CPU speed of a raw-text SavedModel.
+    """Pair scores, correlations and CPU speed of a raw-text SavedModel or another encoder.
 
     Args:
-        path: folder of an export with `similarity` and `embed` signatures
-            (`kd_keras.serving`).
+        model: folder of an export with `similarity` and `embed` signatures
+            (`kd_keras.serving`), or a function `embed(list of str) -> [N, D]
+            array` or a factory spec (`text_embedder`), whose pair score is
+            the cosine of the two embeddings (`kd_keras.models.heads.cosine_similarity`,
+            as the exports' `similarity`).
         sentences_a, sentences_b: lists of str, the evaluation pairs.
         gold: gold scores of the pairs.
         speed_sentences: list of str run through `embed`, batch 64, for the
@@ -212,20 +264,36 @@ def evaluate_text_export(
         `{name: {"spearman", "pearson"}}` of `other_sets`, and with
         `latency_calls` a `latency` dict (`p50_ms`, `p99_ms`, `calls`).
     """
-    import tensorflow as tf
+    if _is_export(model):
+        import tensorflow as tf
 
-    from kd_keras.serving import load_text_export
+        from kd_keras.serving import load_text_export
 
-    loaded = load_text_export(path)
-    similarity = loaded.signatures["similarity"]
-    embed = loaded.signatures["embed"]
+        loaded = load_text_export(model)
+        similarity = loaded.signatures["similarity"]
+        signature = loaded.signatures["embed"]
+
+        def embed(batch):
+            return signature(sentences=tf.constant(batch))
+
+        def batch_scores(a, b):
+            out = similarity(sentence_a=tf.constant(a), sentence_b=tf.constant(b))
+            return out["score"].numpy()
+    else:
+        from keras import ops
+
+        from kd_keras.models.heads import cosine_similarity
+
+        embed = text_embedder(model)
+
+        def batch_scores(a, b):
+            a, b = (np.asarray(embed(x), dtype=np.float32) for x in (a, b))
+            return ops.convert_to_numpy(cosine_similarity(a, b))
 
     def pair_scores(a, b):
-        out = [
-            similarity(sentence_a=tf.constant(a[i : i + 64]), sentence_b=tf.constant(b[i : i + 64]))
-            for i in range(0, len(a), 64)
-        ]
-        return np.concatenate([o["score"].numpy() for o in out])
+        return np.concatenate(
+            [batch_scores(a[i : i + 64], b[i : i + 64]) for i in range(0, len(a), 64)]
+        )
 
     scores = pair_scores(sentences_a, sentences_b)
     sets = {}
@@ -240,20 +308,69 @@ def evaluate_text_export(
     }
     if seconds is not None:
         result["sentences_per_second"] = throughput(
-            lambda batch: embed(sentences=tf.constant(batch)),
-            speed_sentences,
-            batch_size=64,
-            min_seconds=seconds,
+            embed, speed_sentences, batch_size=64, min_seconds=seconds
         )["sentences_per_second"]
     if latency_calls:
-        result["latency"] = latency(
-            lambda batch: embed(sentences=tf.constant(batch)), speed_sentences, latency_calls
-        )
+        result["latency"] = latency(embed, speed_sentences, latency_calls)
     return result
 
 
+def embed_text_export(path, sentences, batch_size=64, progress=None):
+    """Embeddings of `sentences` by a raw-text SavedModel's `embed` signature, `[N, D]` float32.
+
+    Batches of similar length (sorted by characters), rows in the order given.
+
+    Args:
+        path: folder of an export with an `embed` signature (`kd_keras.serving`).
+        sentences: list of str.
+        batch_size: int.
+        progress: an object with `update(n)` (a progress bar), or `None`.
+
+    Raises:
+        ValueError: the export has no `embed` signature.
+    """
+    import tensorflow as tf
+
+    from kd_keras.serving import load_text_export
+
+    signatures = load_text_export(path).signatures
+    if "embed" not in signatures:
+        raise ValueError(
+            f"{path}: the export has no `embed` signature (it has "
+            f"{', '.join(sorted(signatures))}); a sentence encoder is needed."
+        )
+    embed = signatures["embed"]
+    order = np.argsort([len(s) for s in sentences], kind="stable")
+    embeddings = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tf.constant([sentences[i] for i in rows], tf.string)
+        vectors = embed(sentences=batch)["embedding"].numpy()
+        if embeddings is None:
+            embeddings = np.empty((len(sentences), vectors.shape[1]), np.float32)
+        embeddings[rows] = vectors
+        if progress is not None:
+            progress.update(len(rows))
+    return embeddings
+
+
+def embed_text_exports_in_subprocess(paths, sentences, batch_size=64):
+    """`embed_text_export` of several exports in one fresh Python process: a list of arrays."""
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = [os.path.join(tmp, f"embeddings-{i}.npy") for i in range(len(paths))]
+        request = {
+            "task": "embed",
+            "paths": [str(p) for p in paths],
+            "sentences": list(sentences),
+            "batch_size": int(batch_size),
+            "outputs": outputs,
+        }
+        _in_subprocess(request, "Embedding with " + ", ".join(request["paths"]))
+        return [np.load(o) for o in outputs]
+
+
 def evaluate_text_export_in_subprocess(
-    path,
+    model,
     sentences_a,
     sentences_b,
     gold,
@@ -265,11 +382,12 @@ def evaluate_text_export_in_subprocess(
     """`evaluate_text_export` in a fresh Python process.
 
     So that every model is timed alike, free of whatever the calling process
-    still runs (input pipelines, thread pools of a finished `fit`).
+    still runs (input pipelines, thread pools of a finished `fit`). `model`
+    is an export folder or a factory spec (`text_embedder`), not a function.
     """
     request = {
         "task": "evaluate",
-        "path": str(path),
+        "model": _portable(model),
         "sentences_a": list(sentences_a),
         "sentences_b": list(sentences_b),
         "gold": np.asarray(gold, dtype=np.float64).tolist(),
@@ -281,20 +399,20 @@ def evaluate_text_export_in_subprocess(
             for name, (a, b, g) in (other_sets or {}).items()
         },
     }
-    return _in_subprocess(request, f"Evaluating {path}")
+    return _in_subprocess(request, f"Evaluating {_label(model)}")
 
 
-def compare_throughput_in_subprocess(paths, sentences, rounds=5, seconds=2.0):
+def compare_throughput_in_subprocess(models, sentences, rounds=5, seconds=2.0):
     """`compare_throughput` in a fresh Python process (see
-    `evaluate_text_export_in_subprocess`)."""
+    `evaluate_text_export_in_subprocess`): export folders and factory specs."""
     request = {
         "task": "throughput",
-        "paths": [str(p) for p in paths],
+        "models": [_portable(m) for m in models],
         "sentences": list(sentences),
         "rounds": int(rounds),
         "seconds": float(seconds),
     }
-    return _in_subprocess(request, "Timing " + ", ".join(request["paths"]))
+    return _in_subprocess(request, "Timing " + ", ".join(_label(m) for m in models))
 
 
 def _in_subprocess(request, what):
@@ -318,15 +436,22 @@ def _main(argv):
     request_path, result_path = argv
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
+    if request["task"] == "embed":
+        for path, output in zip(request["paths"], request["outputs"], strict=True):
+            embeddings = embed_text_export(path, request["sentences"], request["batch_size"])
+            np.save(output, embeddings)
+        with open(result_path, "w", encoding="utf-8") as f:
+            json.dump({"outputs": request["outputs"]}, f)
+        return
     if request["task"] == "throughput":
         result = compare_throughput(
-            request["paths"], request["sentences"], request["rounds"], request["seconds"]
+            request["models"], request["sentences"], request["rounds"], request["seconds"]
         )
         with open(result_path, "w", encoding="utf-8") as f:
             json.dump(result, f)
         return
     result = evaluate_text_export(
-        request["path"],
+        request["model"],
         request["sentences_a"],
         request["sentences_b"],
         np.asarray(request["gold"]),

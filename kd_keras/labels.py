@@ -13,6 +13,7 @@ cache file: the sentences and their embeddings, with a checksum), then
  "settings": {"shard_size": ..., "store": "float32", "batch_size": ...,
               "precision": "float32"},
  "rows": N, "dim": D,
+ "precision_agreement": null,
  "shards": [{"file": "shard-00000.npz", "rows": [0, 4096], "sha256": ...}, ...]}
 ```
 
@@ -22,6 +23,11 @@ SIGKILL) loses at most the shard in progress and ends with the same output as
 an uninterrupted one; a shard that fails its checksum is labeled again (and
 said so), never used. Another teacher, other inputs or other settings make
 the folder stale: it is relabeled from the start.
+
+A teacher pass in another precision than float32 (`"bfloat16"`, `"int8"`)
+records its agreement with float32 in `precision_agreement`: the mean and
+minimum cosine between the two embeddings of the first 256 sentences
+(`kd_keras.teacher_pass.precision_agreement`).
 
 `label_files(teacher, patterns, ...)` labels text files (one sentence per
 line, `.gz` too, blank lines skipped; `kd_keras.data.iter_corpus`), keyed by
@@ -77,6 +83,8 @@ class LabelResult:
         shards: int. Shard files.
         reused: int. Shards kept from an earlier (interrupted) run.
         seconds: float. Wall time of this call.
+        agreement: dict or `None`. The manifest's `precision_agreement`
+            (`None` in float32).
     """
 
     directory: pathlib.Path
@@ -84,6 +92,7 @@ class LabelResult:
     shards: int
     reused: int
     seconds: float
+    agreement: dict = None
 
 
 def file_fingerprint(paths, **settings):
@@ -161,13 +170,16 @@ def label_sentences(
         teacher_spec: str or `None`, recorded in the manifest.
         inputs: JSON-able description of the inputs, recorded in the manifest.
         progress: bool. Report progress (`kd_keras.progress`).
-        precision: `"float32"` (exact) or `"bfloat16"` (faster on CPUs with
-            BF16 support; `kd_keras.teacher_pass.run_teacher`).
+        precision: `"float32"` (exact), `"bfloat16"` (faster on CPUs with
+            BF16 support) or `"int8"` (int8 weights;
+            `kd_keras.teacher_pass.run_teacher`). Other than float32, the
+            agreement with float32 on the first sentences is measured and
+            recorded (`precision_agreement`).
 
     Returns:
         A `LabelResult`.
     """
-    from kd_keras.teacher_pass import run_teacher
+    from kd_keras.teacher_pass import precision_agreement, run_teacher
 
     settings = _settings(shard_size, store, batch_size, precision)
     start = time.perf_counter()
@@ -182,6 +194,9 @@ def label_sentences(
         chunk = list(itertools.islice(iterator, shard_size))
         if not chunk:
             break
+        if index == 0 and precision != "float32":
+            agreement = precision_agreement(teacher, chunk, precision, batch_size=batch_size)
+            manifest["precision_agreement"] = agreement
         entry = usable.get(index)
         if entry is None or entry["rows"] != [manifest["rows"], manifest["rows"] + len(chunk)]:
             entry = _write_shard(directory, index, chunk, teacher, run_teacher, settings, manifest)
@@ -196,7 +211,12 @@ def label_sentences(
     _finish(directory, manifest)
     reused = sum(1 for i, e in enumerate(manifest["shards"]) if usable.get(i) is e)
     return LabelResult(
-        directory, manifest["rows"], len(manifest["shards"]), reused, time.perf_counter() - start
+        directory,
+        manifest["rows"],
+        len(manifest["shards"]),
+        reused,
+        time.perf_counter() - start,
+        manifest["precision_agreement"],
     )
 
 
@@ -228,6 +248,7 @@ def _new_manifest(teacher, input_fingerprint, settings, teacher_spec, inputs):
         "settings": settings,
         "rows": 0,
         "dim": None,
+        "precision_agreement": None,
         "shards": [],
     }
 

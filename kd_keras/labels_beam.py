@@ -42,6 +42,7 @@ import numpy as np
 from kd_keras import labels
 from kd_keras.progress import log
 from kd_keras.storage import file_sha256, write_json_atomic
+from kd_keras.teacher_pass import precision_agreement
 
 __all__ = ["DEFAULT_PIPELINE_ARGS", "WORK_DIR", "label_files_beam", "pipeline_args_with_defaults"]
 
@@ -140,8 +141,9 @@ def _recorded_entry(directory, work, index, key, rows):
     return None
 
 
-def _export(teacher, teacher_key, export_root, prune):
-    """The teacher's raw-text SavedModel under `export_root`, exported once per fingerprint.
+def _export(teacher, teacher_key, export_root, prune, quantize=None):
+    """The teacher's raw-text SavedModel under `export_root`, exported once per fingerprint
+    (and `quantize`: `None` or `"int8"`, an int8 export for the int8 precision).
 
     With `prune`, the exports of other teachers there are removed.
     """
@@ -149,7 +151,7 @@ def _export(teacher, teacher_key, export_root, prune):
     from kd_keras.storage import CacheError
 
     export_root = pathlib.Path(export_root)
-    path = export_root / f"teacher-{teacher_key[:16]}"
+    path = export_root / f"teacher-{teacher_key[:16]}{'-' + quantize if quantize else ''}"
     try:
         verify_text_export(path)
         return path
@@ -158,7 +160,7 @@ def _export(teacher, teacher_key, export_root, prune):
     for old in export_root.glob("teacher-*") if prune else ():
         if old != path and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)  # another teacher's
-    export_teacher(teacher, path, overwrite=True)
+    export_teacher(teacher, path, overwrite=True, quantize=quantize)
     return path
 
 
@@ -220,8 +222,11 @@ def label_files_beam(
             (one per teacher fingerprint); default: inside the work folder,
             removed at the end.
         progress: bool. Report what is done.
-        precision: `"float32"` or `"bfloat16"` (each worker turns on TensorFlow's
-            oneDNN bfloat16 rewrite, as `kd_keras.teacher_pass.run_teacher` does).
+        precision: `"float32"`, `"bfloat16"` (each worker turns on TensorFlow's
+            oneDNN bfloat16 rewrite, as `kd_keras.teacher_pass.run_teacher` does)
+            or `"int8"` (the workers serve an int8 export of the teacher); other
+            than float32, the agreement with float32 is recorded as
+            `kd_keras.labels.label_sentences` records it.
 
     Returns:
         A `kd_keras.labels.LabelResult`.
@@ -255,7 +260,10 @@ def label_files_beam(
         if progress:
             log(f"labels: {len(todo)} of {len(plan)} shards to label with Apache Beam")
         teacher_key = manifest["teacher"]["fingerprint"]
-        export_path = _export(teacher, teacher_key, export_dir or work, prune=export_dir is None)
+        quantize = "int8" if settings["precision"] == "int8" else None
+        export_path = _export(
+            teacher, teacher_key, export_dir or work, prune=export_dir is None, quantize=quantize
+        )
         _run_pipeline(todo, export_path, directory, work, key, settings, pipeline_args)
         for index, start, segments in todo:
             entries[index] = _recorded_entry(directory, work, index, key, _rows(start, segments))
@@ -264,10 +272,19 @@ def label_files_beam(
     manifest["shards"] = [entries[i] for i, _, _ in plan]
     manifest["rows"] = manifest["shards"][-1]["rows"][1]
     manifest["dim"] = manifest["shards"][0]["dim"]
+    if settings["precision"] != "float32":  # measured here, with the in-memory teacher
+        manifest["precision_agreement"] = precision_agreement(
+            teacher, _read_rows(plan[0][2]), settings["precision"], batch_size=batch_size
+        )
     labels._finish(directory, manifest)
     shutil.rmtree(work, ignore_errors=True)
     return labels.LabelResult(
-        directory, manifest["rows"], len(plan), reused, time.perf_counter() - start_time
+        directory,
+        manifest["rows"],
+        len(plan),
+        reused,
+        time.perf_counter() - start_time,
+        manifest["precision_agreement"],
     )
 
 

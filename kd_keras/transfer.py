@@ -5,20 +5,38 @@ far more. Following Tang et al. 2019 ("Distilling Task-Specific Knowledge from
 BERT into Simple Neural Networks"), the transfer set adds unlabeled sentences
 and synthetic ones made by token masking and n-gram sampling, and new pairs
 made by randomly re-pairing sentences.
+
+Held-out sentences: the last `HELDOUT_SENTENCES` (500) sentences of each file
+of the shipped transfer corpus (a file in a folder named `transfer-en`; the
+last half of a file of fewer than 1,000 sentences) are never sampled for
+training (`split_heldout`); `kd-keras distill` measures the student's
+fidelity to the teacher on them (`heldout_sentences`).
 """
 
 import dataclasses
+import os
 import re
 
 import numpy as np
 
+from kd_keras.data import read_sentences
+
 __all__ = [
+    "HELDOUT_FOLDER",
+    "HELDOUT_SENTENCES",
     "TransferSet",
     "augment_sentence",
     "augment_sentences",
     "build_transfer_set",
+    "heldout_sentences",
+    "is_heldout_source",
+    "split_heldout",
     "transfer_parts",
 ]
+
+# The held-out tail of every file of the shipped transfer corpus (`split_heldout`).
+HELDOUT_FOLDER = "transfer-en"
+HELDOUT_SENTENCES = 500
 
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -252,3 +270,36 @@ def transfer_parts(
     pairs = _transfer_set(index, first + repairs[0].tolist(), second + repairs[1].tolist(), gold)
     sentences = list(index)
     return pairs, [sentences[i] for i in extra_ids]
+
+
+# === Held-out sentences of the transfer corpus ===
+
+
+def is_heldout_source(path):
+    """Whether `path` is a file of the shipped transfer corpus: in a folder named `transfer-en`."""
+    return os.path.basename(os.path.dirname(os.path.abspath(str(path)))) == HELDOUT_FOLDER
+
+
+def split_heldout(path, sentences):
+    """`(for training, held out)`: a transfer-en file's sentences without and with its tail.
+
+    The held-out tail is the last `HELDOUT_SENTENCES` sentences (non-empty
+    lines, as `kd_keras.data.read_sentences` gives them) of a file of the
+    transfer corpus (`is_heldout_source`), or its last half when it has
+    fewer than twice as many; any other file keeps all its sentences for
+    training.
+
+    Args:
+        path: the file the sentences were read from.
+        sentences: list of str, all of the file's, in file order.
+    """
+    sentences = list(sentences)
+    if not is_heldout_source(path):
+        return sentences, []
+    cut = len(sentences) - min(HELDOUT_SENTENCES, len(sentences) // 2)
+    return sentences[:cut], sentences[cut:]
+
+
+def heldout_sentences(path):
+    """The held-out tail of a transfer-en file (`split_heldout`); the whole file is read."""
+    return split_heldout(path, read_sentences(path))[1]

@@ -102,7 +102,9 @@ def minilm_reference(model_dir):
     import torch
     import transformers
 
-    model = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
+    from kd_keras.reference import sentence_transformer
+
+    model = sentence_transformer(model_dir)
     tokenizer = model.tokenizer
     max_length = model.max_seq_length
     token_ids = [

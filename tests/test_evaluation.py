@@ -82,3 +82,64 @@ def _turns(calls):
             groups.append([])
         groups[-1].append((name, first))
     return groups
+
+
+def test_compare_throughput_takes_functions_and_factories_beside_exports(monkeypatch):
+    import sys
+    import types
+
+    from kd_keras import evaluation, serving
+
+    order = []
+
+    def export_embed(sentences):  # a SavedModel's `embed`: a tf.string tensor in
+        order.append("export")
+        assert sentences.dtype.name == "string"
+
+    def function(batch):  # a plain `embed(list of str) -> array`
+        order.append("function")
+        assert isinstance(batch, list) and all(isinstance(s, str) for s in batch)
+        return np.ones((len(batch), 4), np.float32)
+
+    def make(width):
+        assert width == 4
+        return lambda batch: order.append("factory") or np.ones((len(batch), width))
+
+    monkeypatch.setattr(
+        serving,
+        "load_text_export",
+        lambda path: types.SimpleNamespace(signatures={"embed": export_embed}),
+    )
+    monkeypatch.setitem(sys.modules, "kd_test_factories", types.SimpleNamespace(make=make))
+    factory = {"factory": "kd_test_factories:make", "kwargs": {"width": 4}}
+    sentences = [f"s{i}" for i in range(6)]
+    rows = evaluation.compare_throughput(
+        ["teacher", function, factory], sentences, rounds=2, seconds=0.001, batch_size=3
+    )
+    turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert turns == ["export", "function", "factory"] * 3  # the warm-up, then two rounds
+    assert [len(row["rounds"]) for row in rows] == [2, 2, 2] and rows[0]["ratio"] == 1.0
+    assert evaluation.text_embedder(function) is function
+    with pytest.raises(TypeError, match="factory spec"):
+        evaluation.compare_throughput_in_subprocess(["teacher", function], sentences)
+
+
+def test_evaluate_scores_a_function_by_the_cosine_of_its_embeddings():
+    from kd_keras import evaluation
+
+    vectors = {"a": [1.0, 0.0], "b": [0.0, 2.0], "c": [3.0, 3.0], "d": [-1.0, 0.1]}
+
+    def embed(batch):
+        return np.array([vectors[s] for s in batch])
+
+    a, b = ["a", "a", "c", "d"], ["b", "c", "c", "a"]
+    gold = [0.0, 2.5, 5.0, 1.0]
+    r = evaluation.evaluate_text_export(
+        embed, a, b, gold, ["a", "b"], seconds=0.001, other_sets={"dev": (a, b, gold)}
+    )
+    cosines = [0.0, 1 / np.sqrt(2), 1.0, -1 / np.sqrt(1.01)]
+    np.testing.assert_allclose(r["scores"], cosines, atol=1e-6)
+    assert r["spearman"] == pytest.approx(100 * spearman(cosines, gold))
+    assert r["sets"]["dev"]["spearman"] == r["spearman"] and r["sentences_per_second"] > 0
+    timed = evaluation.evaluate_text_export(embed, a, b, gold, ["a"], None, latency_calls=3)
+    assert timed["latency"]["calls"] == 3 and "sentences_per_second" not in timed

@@ -165,6 +165,29 @@ def test_command_line(tmp_path, teacher, corpus, capsys):
     assert "nope.txt: no such file" in capsys.readouterr().err
 
 
+def test_int8_labels_record_their_agreement_with_float32(tmp_path, teacher, corpus, capsys):
+    files, sentences = corpus
+    teacher_path = tmp_path / "teacher.keras"
+    teacher.save(teacher_path)
+    argv = ["label", "--teacher", str(teacher_path), "--input", *files, "--output"]
+    out = tmp_path / "int8"
+    assert cli.main([*argv, str(out), "--precision", "int8", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 against float32 on the first 23 sentences: cosine mean" in printed
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["settings"]["precision"] == "int8"
+    agreement = manifest["precision_agreement"]
+    assert agreement["sentences"] == 23 and 0.999 <= agreement["min_cosine"] <= 1.0 + 1e-6
+    _, got = _all(out)
+    expected = run_teacher(teacher, sentences)
+    np.testing.assert_allclose(np.sum(got * expected, -1).min(), agreement["min_cosine"], atol=1e-5)
+    np.testing.assert_allclose(got, run_teacher(teacher, sentences, precision="int8"), atol=1e-6)
+    # float32 labels record none.
+    result = label_files(teacher, files, tmp_path / "float32", progress=False)
+    assert result.agreement is None
+    assert json.loads((tmp_path / "float32" / MANIFEST).read_text())["precision_agreement"] is None
+
+
 def test_labels_dataset_streams_every_row_once_shards_in_a_new_order(teacher, corpus, tmp_path):
     import tensorflow as tf
 

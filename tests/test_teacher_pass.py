@@ -187,6 +187,23 @@ def test_bfloat16_pass_is_close_and_leaves_float32_exact(teacher, expected):
         run_teacher(teacher, SENTENCES, precision="float16")
 
 
+def test_int8_pass_is_close_leaves_the_teacher_alone_and_reports_its_agreement(teacher, expected):
+    before = [w.copy() for w in teacher.get_weights()]
+    int8 = run_teacher(teacher, SENTENCES, batch_size=8, precision="int8")
+    # Weights only are rounded (to 1/254 of each channel's largest): cosine >= 0.999.
+    cosines = np.sum(int8 * expected, -1)  # both unit-norm
+    assert cosines.min() >= 0.999 and not np.array_equal(int8, expected)
+    for old, new in zip(before, teacher.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    np.testing.assert_allclose(run_teacher(teacher, SENTENCES, batch_size=8), expected, atol=1e-5)
+
+    agreement = teacher_pass.precision_agreement(teacher, SENTENCES, "int8", limit=10)
+    assert agreement["precision"] == "int8" and agreement["sentences"] == 10
+    np.testing.assert_allclose(agreement["mean_cosine"], cosines[:10].mean(), atol=1e-6)
+    np.testing.assert_allclose(agreement["min_cosine"], cosines[:10].min(), atol=1e-6)
+    assert teacher_pass.precision_agreement(teacher, SENTENCES, "float32")["min_cosine"] > 0.99999
+
+
 # === The teacher over its vocabulary ===
 
 

@@ -1,12 +1,13 @@
 """The `kd-keras` command line: parse, then dispatch to one subcommand.
 
 Every subcommand follows one pattern: `add_arguments(parser)` and
-`run(args)`. The recipe commands (`distill`, `distill-classifier`,
-`distill-lm`) build their flags from the recipe's `Config` and `HELP`
-(`kd_keras.recipes.config`); `embed` and `export` are modules of this
-package. A subcommand's module is imported only when that subcommand runs (or
-its `--help` is asked for), and TensorFlow only inside `run`, so
-`kd-keras --help` returns at once.
+`run(args)`, and optionally `check(args)`: cheap checks of its inputs (files
+that must exist), run before TensorFlow is imported. The recipe commands
+(`distill`, `distill-classifier`, `distill-lm`) build their flags from the
+recipe's `Config` and `HELP` (`kd_keras.recipes.config`); `embed`,
+`evaluate` and `export` are modules of this package. A subcommand's module
+is imported only when that subcommand runs (or its `--help` is asked for),
+and TensorFlow only inside `run`, so `kd-keras --help` returns at once.
 
 Exit codes, the same for every subcommand: 0 done; 2 a usage error or a bad
 input (a missing or malformed file, a bad setting), reported as one line
@@ -41,6 +42,10 @@ SUBCOMMANDS = {
     ),
     "label": ("kd_keras.cli.label", "Label a corpus with a teacher: sharded, resumable."),
     "embed": ("kd_keras.cli.embed", "Write sentence embeddings of a text file to .npy."),
+    "evaluate": (
+        "kd_keras.cli.evaluate",
+        "Measure a student's fidelity to its teacher on unlabeled sentence files.",
+    ),
     "export": ("kd_keras.cli.export", "Export a student or a teacher as a raw-text SavedModel."),
 }
 VERBOSE_ENV = "KD_KERAS_VERBOSE"
@@ -159,10 +164,13 @@ def main(argv=None):
         parser.print_help()
         return 0
     verbose = args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
-    if not verbose:
-        quiet_tensorflow()
+    command = _subcommand(args.command)
     try:
-        return _subcommand(args.command).run(args) or 0
+        if hasattr(command, "check"):  # before TensorFlow loads
+            command.check(args)
+        if not verbose:
+            quiet_tensorflow()
+        return command.run(args) or 0
     except KeyboardInterrupt:
         hint = ""
         if args.command == "distill":

@@ -20,7 +20,7 @@ signature).
 
 import pathlib
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "embed_sentences", "run"]
 
 
 def add_arguments(parser):
@@ -42,38 +42,18 @@ def add_arguments(parser):
     parser.add_argument("--no-progress", action="store_true", help="report no progress")
 
 
-def _embed_with_export(path, sentences, args):
+def _embed_with_export(path, sentences, batch_size, jit_compile, progress):
     """Runs an export folder's `embed` signature, batches of similar length."""
-    import numpy as np
-    import tensorflow as tf
-
+    from kd_keras.evaluation import embed_text_export
     from kd_keras.progress import progress_bar
-    from kd_keras.serving import load_text_export
 
-    if args.jit_compile:
+    if jit_compile:
         raise ValueError(f"--jit-compile applies to Keras models; {path} is a SavedModel export.")
-    signatures = load_text_export(path).signatures
-    if "embed" not in signatures:
-        raise ValueError(
-            f"{path}: the export has no `embed` signature (it has "
-            f"{', '.join(sorted(signatures))}); kd-keras embed needs a sentence encoder."
-        )
-    embed = signatures["embed"]
-    order = np.argsort([len(s) for s in sentences], kind="stable")
-    embeddings = None
-    bar = progress_bar(len(sentences), "embed", unit="sent", enabled=not args.no_progress)
+    bar = progress_bar(len(sentences), "embed", unit="sent", enabled=progress)
     try:
-        for start in range(0, len(order), args.batch_size):
-            rows = order[start : start + args.batch_size]
-            batch = tf.constant([sentences[i] for i in rows], tf.string)
-            vectors = embed(sentences=batch)["embedding"].numpy()
-            if embeddings is None:
-                embeddings = np.empty((len(sentences), vectors.shape[1]), np.float32)
-            embeddings[rows] = vectors
-            bar.update(len(rows))
+        return embed_text_export(path, sentences, batch_size, progress=bar)
     finally:
         bar.close()
-    return embeddings
 
 
 def _sentence_encoder(student, path):
@@ -112,6 +92,34 @@ def _keras_model(spec):
     return teacher, teacher.preprocessor
 
 
+def embed_sentences(spec, sentences, batch_size=64, jit_compile=False, progress=True):
+    """`[N, D]` embeddings of `sentences` by the model `--model spec` names (see the module).
+
+    Args:
+        spec: str. A teacher spec, a student `.keras` with its sidecar, or a
+            raw-text export folder.
+        sentences: list of str.
+        batch_size: int.
+        jit_compile: bool. XLA for a Keras model (an export refuses it).
+        progress: bool. A progress bar.
+    """
+    from kd_keras.teacher_pass import run_teacher
+
+    model_path = pathlib.Path(spec)
+    named = spec in ("default", "m3e-small")  # teachers by name, never a folder
+    if not named and model_path.is_dir() and (model_path / "saved_model.pb").is_file():
+        return _embed_with_export(model_path, sentences, batch_size, jit_compile, progress)
+    model, preprocessor = _keras_model(spec)
+    return run_teacher(
+        model,
+        sentences,
+        preprocessor=preprocessor,
+        batch_size=batch_size,
+        jit_compile=jit_compile,
+        progress=progress,
+    )
+
+
 def run(args):
     """Runs `kd-keras embed`; bad inputs raise (the dispatcher reports them, exit 2)."""
     from kd_keras.data import read_sentences
@@ -128,22 +136,14 @@ def run(args):
     import numpy as np
 
     from kd_keras.storage import save_npy_atomic
-    from kd_keras.teacher_pass import run_teacher
 
-    model_path = pathlib.Path(args.model)
-    named = args.model in ("default", "m3e-small")  # teachers by name, never a folder
-    if not named and model_path.is_dir() and (model_path / "saved_model.pb").is_file():
-        embeddings = _embed_with_export(model_path, sentences, args)
-    else:
-        model, preprocessor = _keras_model(args.model)
-        embeddings = run_teacher(
-            model,
-            sentences,
-            preprocessor=preprocessor,
-            batch_size=args.batch_size,
-            jit_compile=args.jit_compile,
-            progress=not args.no_progress,
-        )
+    embeddings = embed_sentences(
+        args.model,
+        sentences,
+        batch_size=args.batch_size,
+        jit_compile=args.jit_compile,
+        progress=not args.no_progress,
+    )
     save_npy_atomic(output, np.asarray(embeddings, dtype="float32"))
     if not args.no_progress:
         print(f"wrote {len(sentences)} x {embeddings.shape[1]} embeddings to {output}")

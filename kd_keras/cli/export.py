@@ -15,12 +15,19 @@ kd-keras export --student student.keras --out exports/student
 # A student whose tokenizer is the default teacher's, or a vocabulary.
 kd-keras export --student student.keras --preprocessor-from-teacher default --out DIR
 kd-keras export --student student.keras --vocabulary vocab.txt --sequence-length 64 --out DIR
+
+# int8 weights (Dense, EinsumDense, embedding tables; LSTM cells and layer
+# norms stay float32), the same signatures: a teacher or any student.
+kd-keras export --teacher default --quantize int8 --out exports/teacher-int8
+kd-keras export --student student.keras --quantize int8 --out exports/student-int8
 ```
 
 Prints the export's kind, signatures and size on disk. A sentence encoder
 (alone or inside a pair model) is served by `embed` (the `serving_default`)
 and `similarity`, a classifier by `classify` (`kd_keras.serving.text_model`).
 """
+
+from kd_keras.quantize import QUANTIZE_MODES
 
 __all__ = ["add_arguments", "run"]
 
@@ -46,6 +53,13 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR", help="the SavedModel folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing export at --out"
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default=None,
+        help="int8: export an int8 copy (weights of Dense, EinsumDense and embedding layers; "
+        "LSTM cells, layer norms and activations stay float32). Default: float32",
     )
     tokenizer = parser.add_mutually_exclusive_group()
     tokenizer.add_argument(
@@ -151,6 +165,7 @@ def run(args):
             args.out,
             sequence_length=args.sequence_length,
             overwrite=args.overwrite,
+            quantize=args.quantize,
         )
     else:
         student, preprocessor = serving.load_student(
@@ -164,6 +179,7 @@ def run(args):
             sequence_length=None if args.vocabulary else args.sequence_length,
             from_logits=args.from_logits,
             overwrite=args.overwrite,
+            quantize=args.quantize,
         )
     print(result.summary())
     print(f"size on disk: {result.size_bytes} bytes ({format_size(result.size_bytes)})")

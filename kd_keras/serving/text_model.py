@@ -35,7 +35,14 @@ Every input is `tf.string [None]`.
   gives empty outputs.
 - No device is pinned in the graph: the same export serves on CPU or GPU.
 - `assets.extra/kd_keras_export.json` records the kind, signatures and
-  tokenizer settings (TensorFlow itself ignores `assets.extra`).
+  tokenizer settings (TensorFlow itself ignores `assets.extra`), and
+  `quantize`: `null` (float32) or `"int8"`, with `quantization` naming the
+  int8 layers and those kept float32.
+- `quantize="int8"` (`--quantize int8`) exports an int8 copy of the model
+  (`kd_keras.quantize.quantize_copy`: Keras' `Model.quantize`, weights only;
+  the model given is not changed): `Dense`, `EinsumDense` and embedding
+  tables in int8, LSTM cells, layer norms and position embeddings in
+  float32. Same signatures, inputs and output dtypes as float32.
 
 Loading needs the `tensorflow_text` ops registered. `import tensorflow_text`
 before `tf.saved_model.load` does it; where the `tensorflow_text` Python
@@ -73,6 +80,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_keras.models.heads import cosine_similarity
+from kd_keras.quantize import check_quantize, quantize_copy
 from kd_keras.serving.model_kinds import (
     DEFAULT_SIGNATURES,
     MODEL_KINDS,
@@ -115,6 +123,9 @@ class ExportResult:
         size_bytes: int. Total size of the files of the export.
         variables: tuple of the saved variables' names (student or teacher
             weights only; the tokenizer has no variables).
+        quantize: `None` (float32) or `"int8"`.
+        quantized_layers: tuple of the paths of the int8 layers (empty for
+            float32).
     """
 
     path: pathlib.Path
@@ -123,13 +134,18 @@ class ExportResult:
     serving_default: str
     size_bytes: int
     variables: tuple
+    quantize: str = None
+    quantized_layers: tuple = ()
 
     def summary(self):
         """One line describing the export, as `kd-keras export` prints it."""
+        precision = ""
+        if self.quantize:
+            precision = f", {self.quantize}: {len(self.quantized_layers)} layers"
         return (
             f"Exported {self.kind} to {self.path} ({format_size(self.size_bytes)}, "
-            f"{len(self.variables)} variables): signatures {', '.join(self.signatures)} "
-            f"(serving_default = {self.serving_default})"
+            f"{len(self.variables)} variables{precision}): signatures "
+            f"{', '.join(self.signatures)} (serving_default = {self.serving_default})"
         )
 
 
@@ -273,7 +289,10 @@ def _check_finite_weights(model):
 
 def _write_saved_model(module, signatures, directory):
     """`tf.saved_model.save` (a separate function so that tests can make it fail)."""
-    tf.saved_model.save(module, str(directory), signatures=signatures)
+    # An export is never differentiated: the custom gradients of Keras' int8
+    # layers would only add graph functions.
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(module, str(directory), signatures=signatures, options=options)
 
 
 def _with_sequence_length(preprocessor, sequence_length):
@@ -284,7 +303,7 @@ def _with_sequence_length(preprocessor, sequence_length):
     return type(preprocessor).from_config(config)
 
 
-def _metadata(model, preprocessor, kind, signatures, default, from_logits):
+def _metadata(model, preprocessor, kind, signatures, default, from_logits, quantized=None):
     config = preprocessor.get_config()
     tokenizer = {k: v for k, v in config.items() if k not in ("vocabulary", "name", "dtype")}
     tokenizer.pop("trainable", None)
@@ -310,6 +329,8 @@ def _metadata(model, preprocessor, kind, signatures, default, from_logits):
         "serving_default": default,
         "signatures": outputs,
         "from_logits": from_logits if kind == "classifier" else None,
+        "quantize": None if quantized is None else quantized.mode,
+        "quantization": None if quantized is None else quantized.metadata(),
         "padding": "dynamic (longest row of the batch, at least 2 tokens)",
         "empty_string": "encoded as [CLS] [SEP]",
         "tokenizer": tokenizer,
@@ -329,6 +350,7 @@ def export_text_model(
     sequence_length=None,
     from_logits=None,
     overwrite=False,
+    quantize=None,
 ):
     """Writes `model` and its tokenizer as a raw-text SavedModel.
 
@@ -350,11 +372,15 @@ def export_text_model(
             probabilities when the output layer ends with a softmax (or a
             sigmoid for one output), else logits.
         overwrite: bool. Replace an existing export at `path`.
+        quantize: `None` (float32) or `"int8"`: export an int8 copy of
+            `model` (`kd_keras.quantize.quantize_copy`; `model` itself is not
+            changed).
 
     Returns:
         An `ExportResult`.
     """
     path = pathlib.Path(path).absolute()
+    quantize = check_quantize(quantize)
     _check_target(path, overwrite)
     check_preprocessor(preprocessor)
     preprocessor = _with_sequence_length(preprocessor, sequence_length)
@@ -362,11 +388,13 @@ def export_text_model(
     _check_finite_weights(model)
     if kind == "classifier" and from_logits is None:
         from_logits = not ends_with(model, ("softmax", "sigmoid"))
+    quantized = None if quantize is None else quantize_copy(model, quantize)
+    served = model if quantized is None else quantized.model
 
-    module, signatures = _build_module(model, preprocessor, kind, from_logits)
+    module, signatures = _build_module(served, preprocessor, kind, from_logits)
     default = DEFAULT_SIGNATURES[kind]
     names = tuple(name for name in signatures if name != "serving_default")
-    metadata = _metadata(model, preprocessor, kind, signatures, default, from_logits)
+    metadata = _metadata(model, preprocessor, kind, signatures, default, from_logits, quantized)
 
     def write(directory):
         _write_saved_model(module, signatures, directory)
@@ -382,6 +410,8 @@ def export_text_model(
         serving_default=default,
         size_bytes=directory_size(path),
         variables=tuple(v.name for v in module.model_variables),
+        quantize=quantize,
+        quantized_layers=() if quantized is None else quantized.layers,
     )
 
 
@@ -393,6 +423,7 @@ def export_student(
     sequence_length=None,
     from_logits=None,
     overwrite=False,
+    quantize=None,
 ):
     """Exports the student alone, with its tokenizer, as a raw-text SavedModel.
 
@@ -412,10 +443,13 @@ def export_student(
             length.
         from_logits: classifiers only; see `export_text_model`.
         overwrite: bool. Replace an existing export at `path`.
+        quantize: `None` (float32) or `"int8"` (an int8 copy of the student;
+            see `export_text_model`).
 
     Returns:
         An `ExportResult`.
     """
+    quantize = check_quantize(quantize)
     student, teacher = unwrap_student(distiller_or_student)
     if preprocessor is None:
         preprocessor = getattr(student, "preprocessor", None)
@@ -435,10 +469,11 @@ def export_student(
         sequence_length=sequence_length,
         from_logits=from_logits,
         overwrite=overwrite,
+        quantize=quantize,
     )
 
 
-def export_teacher(teacher, path, sequence_length=None, overwrite=False):
+def export_teacher(teacher, path, sequence_length=None, overwrite=False, quantize=None):
     """Exports a teacher encoder in the student's format (`embed`, `similarity`).
 
     So that teacher and student can be served and benchmarked the same way.
@@ -451,11 +486,14 @@ def export_teacher(teacher, path, sequence_length=None, overwrite=False):
         sequence_length: int or `None`. Overrides the teacher's maximum
             length.
         overwrite: bool. Replace an existing export at `path`.
+        quantize: `None` (float32) or `"int8"` (an int8 copy of the teacher;
+            see `export_text_model`).
 
     Returns:
         An `ExportResult`.
     """
     path = pathlib.Path(path).absolute()
+    quantize = check_quantize(quantize)
     _check_target(path, overwrite)
     if isinstance(teacher, (str, os.PathLike)):
         from kd_keras.models.teachers import load_teacher
@@ -474,6 +512,7 @@ def export_teacher(teacher, path, sequence_length=None, overwrite=False):
         kind="encoder",
         sequence_length=sequence_length,
         overwrite=overwrite,
+        quantize=quantize,
     )
 
 

@@ -45,6 +45,7 @@ def tiny_run(tmp_path_factory, make_tiny_teacher, minilm_vocabulary):
         batch_size=16,
         checkpoints_per_epoch=1,
         throughput_seconds=0.1,
+        fidelity_limit=10,
         cache_dir=str(root / "cache"),
     )
     return root, teacher, settings
@@ -60,6 +61,11 @@ def in_process(monkeypatch):
     )
     monkeypatch.setattr(
         evaluation, "compare_throughput_in_subprocess", evaluation.compare_throughput
+    )
+    monkeypatch.setattr(
+        evaluation,
+        "embed_text_exports_in_subprocess",
+        lambda paths, sentences: [evaluation.embed_text_export(p, sentences) for p in paths],
     )
 
 

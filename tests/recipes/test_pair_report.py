@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from kd_keras import fidelity
 from kd_keras.recipes.sentence_pairs import report
 from kd_keras.recipes.sentence_pairs.config import DistillConfig
 
@@ -264,3 +265,79 @@ def test_labels_folders_are_in_the_mix_with_their_store(
     assert c.store == "float32"
     assert "streamed labels stored in `float16`, the gold pairs' kept in `float32`" in text
     assert "stored in `float32`" not in text
+
+
+def _fidelity_metrics():
+    sources = {}
+    for name, rho, recall in (("gap.txt.gz", 80.0, 60.0), ("sgd.txt.gz", 70.0, 65.0)):
+        sources[name] = {
+            "sentences": 300,
+            "pairs": 2000,
+            "spearman": rho,
+            "k": 10,
+            "recall_at_k": recall,
+            "held_out": True,
+            "disagreements": [
+                {"teacher": 0.9, "student": 0.1, "first_sentence": "a | b", "second_sentence": "c"}
+            ],
+        }
+    return {
+        "sentences_per_source": 300,
+        "pairs": 2000,
+        "k": 10,
+        "sources": sources,
+        **fidelity.summarize(sources),
+    }
+
+
+def test_report_has_the_per_source_fidelity_table_with_mean_and_worst(tmp_path):
+    metrics = run_metrics(stsb_config(tmp_path))
+    metrics["fidelity"] = _fidelity_metrics()
+    metrics["timings"]["fidelity_s"] = 7.0
+    text, _ = written_report(tmp_path, metrics)
+    assert "## Fidelity on unlabeled sentences" in text
+    assert "held-out sentences of each transfer-en source (the last 500" in text
+    table = text[text.index("| source | sentences | Spearman | recall@10 |") :]
+    rows = table.splitlines()
+    assert rows[2] == "| `sgd.txt.gz` | 300 | 70.00 | 65.00 |"  # worst Spearman first
+    assert rows[3] == "| `gap.txt.gz` | 300 | 80.00 | 60.00 |"
+    assert rows[4] == "| **mean** | | **75.00** | **62.50** |"
+    assert rows[5] == "| **worst** | | 70.00 (`sgd.txt.gz`) | 60.00 (`gap.txt.gz`) |"
+    assert "| 0.900 | 0.100 | a \\| b | c |" in text
+    assert "fidelity 7 s" in text
+
+    metrics["fidelity"] = {"skipped": "off (--fidelity none)"}
+    text, _ = written_report(tmp_path, metrics)
+    assert "Fidelity on unlabeled sentences: off (--fidelity none)." in text
+    del metrics["fidelity"]  # a run written before the step
+    assert "Fidelity" not in written_report(tmp_path, metrics)[0]
+
+
+def test_report_tells_the_dev_curve_and_early_stopping(tmp_path):
+    c = user_config(tmp_path)
+    metrics = run_metrics(c)
+    text, _ = written_report(tmp_path, metrics)
+    assert "Dev Spearman of the student during training" not in text  # a run without a curve
+    metrics["training"]["dev_curve"] = [[100, 50.0], [200, 71.5], [300, 70.25]]
+    stopping = {"patience": 1, "steps_per_evaluation": 100, "best_step": 200, "stopped": True}
+    metrics["training"]["early_stopping"] = stopping
+    text, _ = written_report(tmp_path, metrics)
+    assert (
+        "Dev Spearman of the student during training (every 100 steps): 50.00 after 100 steps, "
+        "best 71.50 after 200, 70.25 after the last, 300. Early stopping (patience 1): stopped "
+        "after 300 steps; the student kept is the one after 200 steps." in " ".join(text.split())
+    )
+    metrics["training"]["early_stopping"] = {**stopping, "patience": 0, "stopped": False}
+    text, _ = written_report(tmp_path, metrics)
+    assert "best 71.50 after 200" in text and "Early stopping" not in text
+
+
+def test_report_has_the_int8_rows_beside_the_float32_ones(tmp_path):
+    c = user_config(tmp_path)
+    metrics = run_metrics(c)
+    models = metrics["models"]
+    models["teacher int8"] = {**models["teacher"], "dev_spearman": 80.5, "size_bytes": 2**19}
+    models["student int8"] = {**models["student"], "sentences_per_second": 950.0}
+    text, _ = written_report(tmp_path, metrics)
+    assert "| teacher int8 | 80.50 | 82.00 | 81.00 | 1,000 | 0.5 MiB | 100.0 |" in text
+    assert "| student int8 | 77.00 | 76.00 | 75.00 | 1,000 | 1.0 MiB | 950.0 |" in text

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -63,6 +64,7 @@ def tiny_config(files, out, cache, **overrides):
         batch_size=32,
         checkpoints_per_epoch=2,
         throughput_seconds=0.2,
+        fidelity_limit=20,  # of each transfer-en file's held-out tail
         output_dir=str(out),
         cache_dir=str(cache),
     )
@@ -118,10 +120,35 @@ def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setu
     dev_spearman, _ = evaluate_export(out / "student", files["dev"])
     assert student["dev_spearman"] == pytest.approx(dev_spearman, abs=1e-6)
     assert f"| student | {dev_spearman:.2f} | {fresh_spearman:.2f} |" in report
+    # The dev curve: a point per checkpoint, the last one the exported student's dev score.
+    curve = on_disk["training"]["dev_curve"]
+    assert [step for step, _ in curve] == [
+        on_disk["training"]["early_stopping"]["steps_per_evaluation"] * k for k in (1, 2)
+    ]
+    assert curve[-1][1] == pytest.approx(dev_spearman, abs=1e-3)
+    assert "Dev Spearman of the student during training" in report
     assert student["parameters"] < on_disk["models"]["teacher"]["parameters"] * 2
     assert on_disk["data"]["labeled_pairs"] == 240
     assert on_disk["data"]["transfer_pairs"] > 240
     assert all(np.isfinite(on_disk["training"]["history"]["loss"]))
+
+    # Fidelity on the held-out tails of the 23 transfer-en files, through both exports.
+    from kd_keras.evaluation import embed_text_export
+    from kd_keras.fidelity import fidelity
+    from kd_keras.recipes.sentence_pairs.agreement import fidelity_sets
+
+    sources = on_disk["fidelity"]["sources"]
+    assert len(sources) == 23
+    assert all(r["held_out"] and r["sentences"] == 20 for r in sources.values())
+    sentences = fidelity_sets(tiny_config(files, out, cache).resolved())["gap.txt.gz"]["sentences"]
+    teacher_dir = on_disk["models"]["teacher"]["export"]
+    expected = fidelity(
+        embed_text_export(teacher_dir, sentences), embed_text_export(out / "student", sentences)
+    )
+    assert sources["gap.txt.gz"]["spearman"] == pytest.approx(expected["spearman"], abs=1e-3)
+    assert sources["gap.txt.gz"]["recall_at_k"] == pytest.approx(expected["recall_at_k"])
+    assert "## Fidelity on unlabeled sentences" in report
+    assert f"| **mean** | | **{on_disk['fidelity']['mean']['spearman']:.2f}** |" in report
 
     # A rerun with the same cache never runs the teacher over the data again.
     def no_teacher_pass(*args, **kwargs):
@@ -139,9 +166,19 @@ def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setu
         return evaluate(path, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "evaluate_text_export_in_subprocess", record)
+    embedded = []
+    embed = evaluation.embed_text_exports_in_subprocess
+
+    def record_embed(paths, *args, **kwargs):
+        embedded.extend(str(p) for p in paths)
+        return embed(paths, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "embed_text_exports_in_subprocess", record_embed)
     assert len(list(cache.glob("teacher-scores-*.npz"))) == 1
+    assert len(list(cache.glob("teacher-fidelity-*.npz"))) == 1
     again = sentence_pairs.run(tiny_config(files, root / "run2", cache), progress=False)
     assert evaluated == [str(root / "run2" / "student")]
+    assert embedded == [str(root / "run2" / "student")]
     assert again["models"]["teacher"]["spearman"] == pytest.approx(
         on_disk["models"]["teacher"]["spearman"], abs=1e-9
     )
@@ -367,11 +404,12 @@ def test_unlabeled_sentences_from_several_files_globs_and_gz(tmp_path):
     config = sentence_pairs.DistillConfig(
         unlabeled=f"{tmp_path / 'a.txt'}, {tmp_path / '*.gz'}", unlabeled_limit=100
     ).resolved()
-    _, unlabeled, mix = job._load_data(config)
+    _, unlabeled, mix, heldout = job._load_data(config)
     assert sorted(unlabeled) == ["five", "four", "one", "three", "two"]
+    assert heldout == {}  # not transfer-en files: nothing held out
     assert mix == {"a.txt": 2, "b.txt.gz": 2, "c.txt.gz": 1}
     config.unlabeled_limit = 2
-    _, sample, mix = job._load_data(config)
+    _, sample, mix, _ = job._load_data(config)
     assert len(sample) == 2 and set(sample) <= set(unlabeled)
     # The mix counts each sampled sentence under the file it came from.
     source = {"one": "a.txt", "two": "a.txt", "three": "b.txt.gz", "four": "b.txt.gz"}
@@ -383,6 +421,51 @@ def test_unlabeled_sentences_from_several_files_globs_and_gz(tmp_path):
     config.unlabeled = str(tmp_path / "*.csv")
     with pytest.raises(DataError, match="no file matches"):
         job._load_data(config)
+
+
+def test_the_sampler_never_returns_a_held_out_sentence(tmp_path):
+    from kd_keras.recipes.sentence_pairs import job
+    from kd_keras.transfer import HELDOUT_SENTENCES
+
+    corpus = tmp_path / "transfer-en"  # the held-out rule's folder name
+    corpus.mkdir()
+    sizes = {"big.txt": 1300, "small.txt": 40}
+    for name, size in sizes.items():
+        lines = [f"{name} {i}\tsource" for i in range(size)]
+        (corpus / name).write_text("\n\n".join(lines) + "\n", encoding="utf-8")  # blank lines
+    (tmp_path / "other.txt").write_text("\n".join(f"other {i}" for i in range(30)) + "\n")
+    config = sentence_pairs.DistillConfig(
+        unlabeled=f"{corpus / '*.txt'},{tmp_path / 'other.txt'}", unlabeled_limit=10**6
+    ).resolved()
+    _, unlabeled, mix, heldout = job._load_data(config)
+    big = [f"big.txt {i}" for i in range(1300)]
+    small = [f"small.txt {i}" for i in range(40)]
+    assert (
+        heldout
+        == {  # the last 500 non-empty lines, the last half of a small file
+            str(corpus / "big.txt"): big[-HELDOUT_SENTENCES:],
+            str(corpus / "small.txt"): small[20:],
+        }
+    )
+    assert sorted(unlabeled) == sorted(big[:800] + small[:20] + [f"other {i}" for i in range(30)])
+    assert mix == {"big.txt": 800, "small.txt": 20, "other.txt": 30}
+    config.unlabeled_limit = 300  # a sample: still none of the tails
+    _, sample, _, _ = job._load_data(config)
+    assert len(sample) == 300 and not set(sample) & set(big[800:] + small[20:])
+
+
+def test_the_default_sample_leaves_every_transfer_en_tail_out():
+    from kd_keras.recipes.sentence_pairs import job
+    from kd_keras.transfer import heldout_sentences
+
+    config = sentence_pairs.DistillConfig().resolved()  # 40,000 of the shipped corpus
+    _, unlabeled, _, heldout = job._load_data(config)
+    assert len(unlabeled) == config.unlabeled_limit and len(heldout) == 23
+    assert config.fidelity == config.unlabeled  # the fidelity default: those tails
+    sampled = set(unlabeled)
+    for path, tail in heldout.items():
+        assert len(tail) == 500 and tail == heldout_sentences(path)
+        assert not sampled & set(tail), path
 
 
 def test_labels_of_another_teacher_are_refused(tmp_path, make_tiny_teacher, minilm_vocabulary):
@@ -421,6 +504,7 @@ def test_two_workers_train_the_student_of_one_process(tiny_setup, tmp_path):
     # No dropout: each replica would draw its own masks, the same in law as
     # one process's but not bit for bit.
     settings.update(checkpoints_per_epoch=2, throughput_seconds=0.2, dropout=0.0)
+    settings.update(fidelity="none")  # the fidelity step: the test above
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
 
     def start(name, tf_config=None):
@@ -488,20 +572,41 @@ def test_static_student_end_to_end_from_vocabulary_distillation(tiny_setup):
             objective="relational",
             steps_per_epoch=4,
             epochs=2,
+            early_stopping=1,
+            quantize="int8",
         ),
         progress=False,
     )
-    assert metrics["training"]["steps"] == 8  # --steps-per-epoch, whatever the data size
+    # A dev point every 2 steps; early stopping keeps the best point's student.
+    training = metrics["training"]
+    curve, stopping = training["dev_curve"], training["early_stopping"]
+    assert [step for step, _ in curve] == [2 * k for k in range(1, len(curve) + 1)]
+    best_step, best = max(curve, key=lambda point: point[1])
+    assert (stopping["best_step"], stopping["best_dev_spearman"]) == (best_step, best)
+    if stopping["stopped"]:  # patience 1: one point after the best
+        assert curve[-1][0] == best_step + 2
+    else:
+        assert training["steps"] == 8  # --steps-per-epoch, whatever the data size
+    assert training["steps"] == curve[-1][0]
+    dev_spearman, _ = evaluate_export(out / "student", files["dev"])
+    assert dev_spearman == pytest.approx(best, abs=1e-3)
     assert "2 epoch(s) of 4 steps" in (out / "report.md").read_text()
     student = metrics["models"]["student"]
     fresh_spearman, _ = evaluate_export(out / "student", files["test"])
     assert student["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)
     assert student["parameters"] == 30522 * 16 + 16 * 16 + 16  # table and projection only
+    # The int8 rows: the int8 exports, measured as the float32 ones.
+    int8 = metrics["models"]["student int8"]
+    int8_spearman, _ = evaluate_export(out / "student-int8", files["test"])
+    assert int8["spearman"] == pytest.approx(int8_spearman, abs=1e-6)
+    teacher_int8 = metrics["models"]["teacher int8"]
+    assert pathlib.Path(teacher_int8["export"]).parent == root / "cache"
+    teacher_int8_spearman, _ = evaluate_export(teacher_int8["export"], files["test"])
+    assert teacher_int8["spearman"] == pytest.approx(teacher_int8_spearman, abs=1e-6)
+    assert "| student int8 |" in (out / "report.md").read_text()
 
 
 def test_the_shipped_chinese_config_is_valid():
-    import pathlib
-
     path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "zh-m3e.yaml"
     c = sentence_pairs.DistillConfig(**load_config_file(str(path), sentence_pairs.DistillConfig))
     c.validate()
@@ -513,15 +618,15 @@ def test_the_shipped_chinese_config_is_valid():
 
 def test_binary_hard_loss_is_the_gold_term_for_zero_one_pairs():
     from kd_keras.models.bilstm import build_bilstm_encoder
-    from kd_keras.recipes.sentence_pairs import job
     from kd_keras.recipes.sentence_pairs.objectives import BinaryPairLoss
+    from kd_keras.recipes.sentence_pairs.training import compiled_distiller
 
     c = sentence_pairs.DistillConfig(
         hard_loss="binary", negative_threshold=0.2, alpha=0.0, max_score=1.0
     )
     c.validate()
     encoder = build_bilstm_encoder(40, embedding_dim=4, hidden_dim=2, output_dim=3, dropout=0.0)
-    distiller, _ = job._compiled_distiller(c, encoder, steps=1)
+    distiller, _ = compiled_distiller(c, encoder, steps=1)
     assert isinstance(distiller.student_loss, BinaryPairLoss)
     assert distiller.student_loss.threshold == 0.2
     rng = np.random.default_rng(0)

@@ -284,6 +284,11 @@ def fine_tune_teacher(c, teacher, train, classes, cache_dir):
     model = build_classifier(
         teacher.encoder, len(classes), pooling="mean", name="teacher_classifier"
     )
+    # Mean pooling leaves BERT's pooler out of the graph: frozen, it has no
+    # gradients to miss (Keras would warn about every step).
+    pooler = getattr(teacher.encoder, "pooled_dense", None)
+    if pooler is not None:
+        pooler.trainable = False
     steps = len(batches) * c.teacher_epochs
     warmup = max(1, steps // 10)
     schedule = keras.optimizers.schedules.CosineDecay(

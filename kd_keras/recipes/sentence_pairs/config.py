@@ -44,6 +44,7 @@ CHOICES = {
     "hard_loss": ("score", "binary"),
     "store": ("float32", "float16"),
     "distribute": ("none", "multi-worker"),
+    "quantize": ("none", "int8"),
 }
 
 
@@ -53,7 +54,11 @@ class DistillConfig:
 
     Data: `train`, `dev`, `test` default to the STS-B splits of the data
     folder (`kd_keras.data.data_dir`); `unlabeled` to its English transfer
-    corpus, `transfer-en/*.txt.gz` (`"none"` for no unlabeled sentences).
+    corpus, `transfer-en/*.txt.gz` (`"none"` for no unlabeled sentences),
+    whose held-out tails (`kd_keras.transfer.split_heldout`) are never
+    sampled for training; `fidelity` to those tails, `fidelity_limit`
+    sentences of each file, when the data folder has the corpus (`"none"`
+    for no fidelity table; files or globs for your own sentences).
 
     Student: `"bilstm"`, `"static"`, `"tiny_bert"`, or your own: a function,
     or `"MODULE:FUNCTION"` naming one (the module importable from the
@@ -96,6 +101,8 @@ class DistillConfig:
     unlabeled: str = None
     unlabeled_limit: int = 40000
     labels: str = None
+    fidelity: str = None
+    fidelity_limit: int = 300
     augment: int = 1
     repaired_pairs: int = 0
     max_pairs: int = None
@@ -122,12 +129,14 @@ class DistillConfig:
     lr_schedule: str = "constant"
     sequence_length: int = 64
     checkpoints_per_epoch: int = 4
+    early_stopping: int = 0
     seed: int = 0
     output_dir: str = None
     cache_dir: str = None
     overwrite: bool = False
     distribute: str = "none"
     throughput_seconds: float = 10.0
+    quantize: str = "none"
 
     def resolved(self):
         """A copy with the default data files and folders filled in.
@@ -150,6 +159,8 @@ class DistillConfig:
             c.unlabeled = data_path("transfer-en", "*.txt.gz", override=c.data_dir)
         if c.unlabeled == "none":
             c.unlabeled = None
+        if c.fidelity is None:  # the corpus' held-out tails, when the data folder has them
+            c.fidelity = _transfer_glob(c.data_dir)
         runs = pathlib.Path.cwd() / "runs"
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         c.output_dir = os.path.abspath(c.output_dir) if c.output_dir else str(runs / stamp)
@@ -170,7 +181,16 @@ class DistillConfig:
             at_least={
                 **dict.fromkeys(_AT_LEAST_ONE, 1),
                 **dict.fromkeys(
-                    ("unlabeled_limit", "augment", "repaired_pairs", "seed", "steps_per_epoch"), 0
+                    (
+                        "unlabeled_limit",
+                        "fidelity_limit",
+                        "augment",
+                        "repaired_pairs",
+                        "seed",
+                        "steps_per_epoch",
+                        "early_stopping",
+                    ),
+                    0,
                 ),
                 "sequence_length": 3,  # room for [CLS], a token and [SEP]
             },
@@ -196,6 +216,18 @@ class DistillConfig:
             objective_loss(self.objective, self.distillation_loss, self.temperature)
         except ValueError as e:
             raise ConfigError(f"--objective {self.objective}: {e}") from None
+
+
+def _transfer_glob(override):
+    """`<data folder>/transfer-en/*.txt.gz`, or `None` without a data folder or that corpus."""
+    from kd_keras.data import DataError, data_path
+    from kd_keras.transfer import HELDOUT_FOLDER
+
+    try:
+        folder = data_path(HELDOUT_FOLDER, override=override)
+    except DataError:
+        return None
+    return os.path.join(folder, "*.txt.gz") if os.path.isdir(folder) else None
 
 
 _AT_LEAST_ONE = (
@@ -227,7 +259,15 @@ HELP = {
     "unlabeled": "extra unlabeled sentences, one per line (its first tab-separated field): files "
     "or globs, comma-separated, plain or .gz ('none' to skip; default: the data folder's "
     "transfer-en/*.txt.gz, 1.05M sentences of 23 sources)",
-    "unlabeled_limit": "how many unlabeled sentences to sample (at random, seeded) from them all",
+    "unlabeled_limit": "how many unlabeled sentences to sample (at random, seeded) from them all "
+    "(never the last 500 of a transfer-en file: held out for --fidelity)",
+    "fidelity": "sentences to measure the student's fidelity to the teacher on, without labels "
+    "(per file: Spearman of the two models' cosines of 2,000 random pairs, nearest-neighbour "
+    "recall@10), through both exports after training: files or globs, comma-separated, one "
+    "sentence per line, plain or .gz ('none' to skip; default: the held-out last 500 sentences of "
+    "each transfer-en file, when the data folder has them; a transfer-en file given here also "
+    "gives its held-out tail)",
+    "fidelity_limit": "sentences per --fidelity file (a seeded sample; 0: all)",
     "labels": "labels folders made by `kd-keras label` with the same teacher (comma-separated), "
     "streamed as more unlabeled pairs",
     "augment": "Tang et al. augmented variants per sentence",
@@ -270,13 +310,19 @@ HELP = {
     "learning_rate": "Adam learning rate (the peak, with --lr-schedule cosine)",
     "lr_schedule": "cosine (decay to 0 over the run) or constant",
     "sequence_length": "student's maximum tokens per sentence",
-    "checkpoints_per_epoch": "backups per epoch (what Ctrl-C can lose)",
+    "checkpoints_per_epoch": "backups per epoch (what Ctrl-C can lose); the student's dev "
+    "Spearman is measured at each (the report's dev curve)",
+    "early_stopping": "stop once this many dev measurements (one per checkpoint) in a row bring "
+    "no better dev Spearman, and keep the best checkpoint's student, as Keras' EarlyStopping("
+    "patience=N, restore_best_weights=True) would (0: train every step, keep the last)",
     "seed": "random seed",
     "output_dir": "run folder (default runs/<timestamp>; an unfinished one resumes)",
     "cache_dir": "teacher cache folder (default runs/cache)",
     "distribute": "none, or multi-worker: tf.distribute.MultiWorkerMirroredStrategy over the "
     "machines of TF_CONFIG (run the same command on each; --batch-size is the global batch)",
     "overwrite": "train again in an --output-dir that holds a finished run",
+    "quantize": "int8: also export the student with int8 weights (student-int8/, Keras' own "
+    "weights-only int8) and measure it and the teacher's int8 export beside the float32 rows",
     "throughput_seconds": "seconds of the CPU throughput measurement per model",
 }
 

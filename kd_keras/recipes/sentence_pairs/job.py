@@ -16,7 +16,9 @@
 3. the student saved as `student.keras` (+ its tokenizer sidecar), both
    models exported as raw-text SavedModels (`kd_keras.serving`) and measured
    on the same path, each in a fresh process: test Spearman and Pearson,
-   parameters, size on disk, CPU sentences per second;
+   parameters, size on disk, CPU sentences per second; and their agreement on
+   unlabeled sentences, per source (`agreement`: by default the held-out
+   tails of the transfer-en files, which training never samples);
 4. `metrics.json`, `report.md` and PNG plots in the run folder.
 
 Ctrl-C leaves a resumable run: run the same command with `--output-dir` of
@@ -62,10 +64,16 @@ def _writable_folder(path, flag):
 
 
 def _load_data(c):
-    """`({split: (a, b, scores)}, unlabeled sentences, {file name: sentences sampled})`."""
+    """`({split: (a, b, scores)}, unlabeled sentences, {file name: sentences sampled},
+    {absolute path: held-out sentences})`.
+
+    The held-out tails of the transfer-en files (`kd_keras.transfer.split_heldout`)
+    are never sampled; they are returned for the fidelity step.
+    """
     import numpy as np
 
     from kd_keras.data import corpus_files, read_pairs, read_sentences
+    from kd_keras.transfer import split_heldout
 
     kwargs = dict(
         format=c.format,
@@ -75,14 +83,16 @@ def _load_data(c):
         max_score=c.max_score,
     )
     data = {split: read_pairs(getattr(c, split), **kwargs) for split in ("train", "dev", "test")}
-    unlabeled, mix = [], {}
+    unlabeled, mix, heldout = [], {}, {}
     if c.unlabeled and c.unlabeled_limit:
         # Several files or globs, comma-separated, plain or .gz; the first
         # tab-separated field of each line (a plain line is all of it).
         files = corpus_files(p.strip() for p in c.unlabeled.split(",") if p.strip())
         sizes = []
         for path in files:
-            sentences = read_sentences(path)
+            sentences, tail = split_heldout(path, read_sentences(path))
+            if tail:
+                heldout[os.path.abspath(path)] = tail
             sizes.append(len(sentences))
             unlabeled.extend(sentences)
         order = np.random.default_rng(c.seed).permutation(len(unlabeled))[: c.unlabeled_limit]
@@ -91,7 +101,7 @@ def _load_data(c):
         for k, count in zip(*np.unique(owner, return_counts=True), strict=True):
             name = os.path.basename(str(files[k]))
             mix[name] = mix.get(name, 0) + int(count)
-    return data, unlabeled, mix
+    return data, unlabeled, mix, heldout
 
 
 def _teacher_tables(c, teacher, pairs, dev, cache, progress):
@@ -163,103 +173,7 @@ def _student_preprocessor(teacher, sequence_length):
     return BertPreprocessor.from_config(config)
 
 
-def _compiled_distiller(c, encoder, steps):
-    """The `Distiller` of the student's pair model, compiled (build it in the strategy's scope)."""
-    import keras
-
-    from kd_keras import Distiller
-    from kd_keras.recipes.sentence_pairs.objectives import (
-        BinaryPairLoss,
-        GoldScoreMSE,
-        objective_loss,
-        pair_training_model,
-    )
-
-    if c.hard_loss == "binary":
-        hard_loss = BinaryPairLoss(threshold=c.negative_threshold)
-    else:
-        hard_loss = GoldScoreMSE(c.max_score)
-    train_model = pair_training_model(
-        encoder, scale=c.similarity_scale, threshold=c.similarity_threshold
-    )
-    distill_output, loss = objective_loss(c.objective, c.distillation_loss, c.temperature)
-    # No teacher object: every batch carries the teacher's cached outputs.
-    distiller = Distiller(None, train_model, distill_output=distill_output, label_output="score")
-    chunk = -(-steps // c.checkpoints_per_epoch)
-    learning_rate = c.learning_rate
-    if c.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            c.learning_rate, decay_steps=c.epochs * c.checkpoints_per_epoch * chunk
-        )
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        student_loss=hard_loss,
-        distillation_loss=loss,
-        alpha=c.alpha,
-    )
-    return distiller, chunk
-
-
-def _train(c, out, data, encoder, preprocessor, progress, strategy):
-    """Trains the student's pair model; returns the Keras history and the step curve.
-
-    `data`: `(pairs, tables, label folders, dev)`, as `pair_datasets` takes them.
-    Under a multi-worker `strategy` every worker trains on its slice of the
-    same global batches and keeps its own checkpoints (`kd_keras.distribute`).
-    """
-    from kd_keras import distribute
-    from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
-    from kd_keras.progress import training_progress
-    from kd_keras.recipes.sentence_pairs.students import student_name
-    from kd_keras.recipes.sentence_pairs.training import StepHistory, pair_datasets
-
-    pairs, tables, labels, dev = data
-    train_ds, val_ds, steps = pair_datasets(
-        c, pairs, tables, preprocessor, encoder, dev, labels=labels
-    )
-    if c.steps_per_epoch:
-        steps = c.steps_per_epoch
-    train_ds = distribute.shard_global_batches(train_ds)
-    val_ds = distribute.shard_global_batches(val_ds)
-    with strategy.scope():
-        distiller, chunk = _compiled_distiller(c, encoder, steps)
-    curve = StepHistory()
-    backup_dir = distribute.worker_backup_dir(out / "backup", strategy)
-    backup = ResumableBackup(backup_dir, states={"step_loss": curve})
-    _log(
-        f"training {student_name(c, encoder)} student ({encoder.count_params():,} parameters): "
-        f"{c.epochs} epoch(s) of {steps} steps, checkpoint every {chunk} steps"
-    )
-    done = backup.checkpoints()
-    if done:
-        _log(
-            f"resuming from the checkpoint after {done[-1]} of "
-            f"{c.epochs * c.checkpoints_per_epoch} parts ({done[-1] / c.checkpoints_per_epoch:g} "
-            "epochs)"
-        )
-    # Each epoch runs as `checkpoints_per_epoch` Keras epochs of `chunk` steps
-    # over one endless stream, each ending with an atomic checkpoint; the
-    # progress the user sees counts the epochs asked for. A non-finite loss
-    # stops the run before anything is saved.
-    distiller.fit(
-        train_ds,
-        epochs=c.epochs * c.checkpoints_per_epoch,
-        steps_per_epoch=chunk,
-        validation_data=val_ds,
-        callbacks=[
-            StopOnNonFiniteLoss(),
-            backup,
-            curve.callback,
-            training_progress(c.epochs, c.checkpoints_per_epoch, chunk, enabled=progress),
-        ],
-        verbose=0,
-        shuffle=False,  # the dataset shuffles itself (Keras would warn that it ignores this)
-    )
-    # The whole run's, resumed parts included.
-    return backup.history, curve.points, curve.step
-
-
-def _teacher_export(c, cache, teacher):
+def _teacher_export(c, cache, teacher, quantize=None):
     """The teacher as a raw-text SavedModel, exported once per teacher into the cache.
 
     Done before training, so that a damaged cached export (a `CacheError`
@@ -267,11 +181,13 @@ def _teacher_export(c, cache, teacher):
     """
     from kd_keras.serving import export_teacher, verify_text_export
 
-    teacher_dir = cache / f"teacher-export-{digest(c.teacher, teacher.count_params())}"
+    suffix = f"-{quantize}" if quantize else ""
+    key = digest(c.teacher, teacher.count_params())
+    teacher_dir = pathlib.Path(cache) / f"teacher-export{suffix}-{key}"
     if teacher_dir.exists():
         verify_text_export(teacher_dir)
     else:
-        export_teacher(teacher, teacher_dir)
+        export_teacher(teacher, teacher_dir, quantize=quantize)
     return teacher_dir
 
 
@@ -312,7 +228,11 @@ def _teacher_quality(c, teacher_dir, test, dev):
 
 
 def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, test, dev):
-    """Saves and exports the student, then measures it and the teacher's export."""
+    """Saves and exports the student, then measures it and the teacher's export.
+
+    With `quantize="int8"` also the int8 exports of both (the teacher's
+    cached), measured the same way: `teacher int8` and `student int8` rows.
+    """
     from kd_keras.evaluation import (
         compare_throughput_in_subprocess,
         evaluate_text_export_in_subprocess,
@@ -326,35 +246,40 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     # Your own student's module is imported before loading it (its custom layers).
     modules = [m for m in [student_module(c.student)] if m]
     save_student(encoder, out / "student.keras", preprocessor, modules=modules)
-    export_text_model(
-        build_pair_model(encoder, name="student"),
-        preprocessor,
-        student_dir,
-        kind="pair",
-        overwrite=True,
-    )
+    rows = [
+        ("teacher", teacher_dir, teacher.count_params()),
+        ("student", student_dir, encoder.count_params()),
+    ]
+    for quantize in [None] + ([c.quantize] if c.quantize != "none" else []):
+        suffix = f"-{quantize}" if quantize else ""
+        export_text_model(
+            build_pair_model(encoder, name="student"),
+            preprocessor,
+            out / f"student{suffix}",
+            kind="pair",
+            overwrite=True,
+            quantize=quantize,
+        )
+        if quantize:
+            rows += [
+                (f"teacher {quantize}", _teacher_export(c, c.cache_dir, teacher, quantize), None),
+                (f"student {quantize}", out / f"student{suffix}", None),
+            ]
     export_seconds = time.perf_counter() - t0
 
     speed_sentences = list(test[0]) + list(test[1])
-    # Both models timed in turns in one process, THROUGHPUT_ROUNDS rounds
+    # All models timed in turns in one process, THROUGHPUT_ROUNDS rounds
     # sharing --throughput-seconds each (`compare_throughput`).
     speeds = compare_throughput_in_subprocess(
-        [teacher_dir, student_dir],
+        [path for _, path, _ in rows],
         speed_sentences,
         rounds=THROUGHPUT_ROUNDS,
         seconds=c.throughput_seconds / THROUGHPUT_ROUNDS,
     )
     models = {}
-    for (name, path, params), speed in zip(
-        (
-            ("teacher", teacher_dir, teacher.count_params()),
-            ("student", student_dir, encoder.count_params()),
-        ),
-        speeds,
-        strict=True,
-    ):
-        if name == "teacher":
-            r = _teacher_quality(c, teacher_dir, test, dev)
+    for (name, path, params), speed in zip(rows, speeds, strict=True):
+        if name.startswith("teacher"):  # cached beside the export
+            r = _teacher_quality(c, path, test, dev)
         else:
             r = evaluate_text_export_in_subprocess(path, *test, [], None, other_sets={"dev": dev})
         _log(
@@ -366,7 +291,7 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
             "pearson": r["pearson"],
             "dev_spearman": r["sets"]["dev"]["spearman"],
             "dev_pearson": r["sets"]["dev"]["pearson"],
-            "parameters": int(params),
+            "parameters": int(params or models[name.split()[0]]["parameters"]),
             "size_bytes": directory_size(path),
             "sentences_per_second": speed["sentences_per_second"],
             "speed_rounds": speed["rounds"],
@@ -378,8 +303,10 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     return models, export_seconds
 
 
-def _metrics(c, transfer, test, models, history, step_loss, steps, timings):
+def _metrics(c, transfer, test, models, history, step_loss, steps, stopping, timings):
     t, s = models["teacher"], models["student"]
+    every = stopping["steps_per_evaluation"]
+    dev_curve = [[(i + 1) * every, v] for i, v in enumerate(history.get("dev_spearman", []))]
     return {
         "config": c.as_dict(),
         "data": {**transfer, "test_pairs": len(test[0])},
@@ -390,6 +317,8 @@ def _metrics(c, transfer, test, models, history, step_loss, steps, timings):
             "history": {k: [float(v) for v in vs] for k, vs in history.items()},
             "step_loss": step_loss,
             "steps": steps,
+            "dev_curve": dev_curve,  # [step, dev Spearman x100 of the student]
+            "early_stopping": stopping,
         },
         "timings": timings,
         "summary": {
@@ -450,11 +379,13 @@ def _transfer_summary(pairs, folders, given=()):
 
 def _teacher_side(c, cache, progress, chief):
     """Data, teacher and its labels: `(data, teacher, pairs, tables, folders, teacher_dir,
-    transfer summary, seconds of the teacher pass)`."""
+    transfer summary, fidelity sentences, seconds of the teacher pass)`."""
     from kd_keras.models.teachers import load_teacher
+    from kd_keras.recipes.sentence_pairs.agreement import fidelity_sets
     from kd_keras.recipes.sentence_pairs.report import data_files
 
-    data, unlabeled, mix = _load_data(c)
+    data, unlabeled, mix, heldout = _load_data(c)
+    fidelity = fidelity_sets(c, heldout)
     teacher = load_teacher(c.teacher)
     pairs, free = _transfer_data(c, data, unlabeled, teacher)
     t0 = time.perf_counter()
@@ -474,25 +405,30 @@ def _teacher_side(c, cache, progress, chief):
         f"{transfer['streamed_sentences']} of them streamed from labels shards"
     )
     _log(f"teacher pass: {seconds:.0f} s (cached in {cache})")
-    return data, teacher, pairs, tables, folders, teacher_dir, transfer, seconds
+    return data, teacher, pairs, tables, folders, teacher_dir, transfer, fidelity, seconds
 
 
 def _finish(c, out, teacher_side, encoder, preprocessor, trained, timings):
     """Exports and measures both models, writes the metrics and the report."""
     import numpy as np
 
+    from kd_keras.recipes.sentence_pairs.agreement import fidelity_metrics
     from kd_keras.recipes.sentence_pairs.report import write_report
 
-    data, teacher, _, _, _, teacher_dir, transfer, _ = teacher_side
+    data, teacher, _, _, _, teacher_dir, transfer, fidelity, _ = teacher_side
     t0 = time.perf_counter()
     models, timings["export_s"] = _export_and_measure(
         c, out, teacher_dir, teacher, encoder, preprocessor, data["test"], data["dev"]
     )
     timings["evaluation_s"] = time.perf_counter() - t0 - timings["export_s"]
+    t0 = time.perf_counter()
+    fidelity = fidelity_metrics(c, teacher_dir, out / "student", fidelity, _log)
+    if "skipped" not in fidelity:
+        timings["fidelity_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - timings.pop("start")
 
     test = data["test"]
-    metrics = _metrics(c, transfer, test, models, *trained, timings)
+    metrics = {**_metrics(c, transfer, test, models, *trained, timings), "fidelity": fidelity}
     scores = {name: m["scores"] for name, m in models.items()}
     write_json_atomic(out / "test_scores.json", {**scores, "gold": test[2].tolist()}, indent=None)
     write_report(out, metrics, np.asarray(scores["teacher"]), np.asarray(scores["student"]))
@@ -558,7 +494,9 @@ def run(config=None, progress=True):
     )
     timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    trained = _train(
+    from kd_keras.recipes.sentence_pairs.training import train
+
+    trained = train(
         c, out, (pairs, tables, folders, data["dev"]), encoder, preprocessor, progress, strategy
     )
     timings["training_s"] = time.perf_counter() - t0

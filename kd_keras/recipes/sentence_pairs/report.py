@@ -52,7 +52,8 @@ TRANSFER_EN_SHA256 = "0958e2bcf249db58f114d43c024a5a79b03f14b25d4a814d809afc021f
 #    `--labels` folder, the default student sizes, learning rate, batch...),
 #    except those in `_SWEEP_FREE`: the sweep's own axis (`unlabeled_limit`),
 #    where files are read and written, the seed, and settings that leave the
-#    training as it is (`overwrite`, `distribute`, `throughput_seconds`).
+#    training as it is (`overwrite`, `distribute`, `throughput_seconds`,
+#    `fidelity`, `fidelity_limit`).
 _SWEEP_ROW_KEYS = ("teacher", "student", "objective", "augment")
 _SWEEP_FREE = frozenset(
     (
@@ -68,6 +69,8 @@ _SWEEP_FREE = frozenset(
         "overwrite",
         "distribute",
         "throughput_seconds",
+        "fidelity",
+        "fidelity_limit",
     )
 )
 
@@ -258,7 +261,19 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    dev_curve = metrics["training"].get("dev_curve")
+    if dev_curve:  # the student's dev Spearman, on its own axis
+        dev_ax = ax.twinx()
+        xs, ys = zip(*dev_curve, strict=True)
+        dev_ax.plot(xs, ys, "s-", color="tab:green", ms=3, label="dev Spearman x100")
+        best = metrics["training"].get("early_stopping") or {}
+        if best.get("patience") and best.get("best_step"):
+            dev_ax.axvline(best["best_step"], color="tab:green", ls=":", lw=1)
+        dev_ax.set_ylabel("dev Spearman x100")
+        more = dev_ax.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
     ax.set_title("Training curves")
     fig.tight_layout()
     files["curves"] = "training_curves.png"
@@ -319,6 +334,30 @@ def _epochs_text(c):
     return f"{c['epochs']} epoch(s)" + (f" of {steps} steps" if steps else "")
 
 
+def _dev_curve_text(training):
+    """The dev curve in one sentence: best point, last point, early stopping."""
+    curve = training.get("dev_curve") or []
+    if not curve:
+        return ""
+    best_step, best = max(curve, key=lambda point: point[1])
+    last_step, last = curve[-1]
+    text = (
+        f"Dev Spearman of the student during training (every {curve[0][0]} steps): "
+        f"{curve[0][1]:.2f} after {curve[0][0]} steps, best {best:.2f} after {best_step}, "
+        f"{last:.2f} after the last, {last_step}."
+    )
+    stopping = training.get("early_stopping") or {}
+    if stopping.get("patience"):
+        stopped = (
+            f"stopped after {last_step} steps" if stopping.get("stopped") else "ran every step"
+        )
+        text += (
+            f" Early stopping (patience {stopping['patience']}): {stopped}; the student kept "
+            f"is the one after {stopping['best_step']} steps."
+        )
+    return text + "\n\n"
+
+
 def _quality_text(c, d, metrics):
     """Where quality and speed were measured: STS-B wording only for the STS-B files."""
     if is_stsb(d.get("files")):
@@ -349,7 +388,75 @@ def _time_text(t):
         f"exports {t['export_s']:.0f} s",
         f"evaluation {t['evaluation_s']:.0f} s",
     ]
+    if t.get("fidelity_s") is not None:
+        steps.append(f"fidelity {t['fidelity_s']:.0f} s")
     return f"Time: {', '.join(steps)}, total {t['total_s'] / 60:.1f} min."
+
+
+def _cell(text, chars=80):
+    """A sentence as a Markdown table cell: shortened, its `|` escaped."""
+    text = text if len(text) <= chars else text[: chars - 3] + "..."
+    return text.replace("|", "\\|")
+
+
+def _fidelity_section(metrics):
+    """The per-source fidelity table (`agreement`), or the line saying why there is none."""
+    f = metrics.get("fidelity")
+    if not f:  # metrics written before the fidelity step
+        return ""
+    if "skipped" in f:
+        return f"\nFidelity on unlabeled sentences: {f['skipped']}.\n"
+    from kd_keras.transfer import HELDOUT_SENTENCES as last
+
+    k, held_out = f["k"], [r.get("held_out") for r in f["sources"].values()]
+    where = f"the sentences of each file of `{metrics['config'].get('fidelity')}`"
+    if all(held_out):
+        where = (
+            f"the held-out sentences of each transfer-en source (the last {last} of each file, "
+            "never sampled for training)"
+        )
+    elif any(held_out):
+        where += f" (of a transfer-en file, its held-out last {last}, never sampled for training)"
+    per = f"up to {f['sentences_per_source']:,}" if f["sentences_per_source"] else "all"
+    sources = sorted(f["sources"].items(), key=lambda kv: kv[1]["spearman"])
+    rows = [
+        f"| `{name}` | {r['sentences']:,} | {r['spearman']:.2f} | {r['recall_at_k']:.2f}"
+        + (f" (k={r['k']})" if r["k"] != k else "")
+        + " |"
+        for name, r in sources
+    ]
+    mean, worst = f["mean"], f["worst"]
+    rows.append(f"| **mean** | | **{mean['spearman']:.2f}** | **{mean['recall_at_k']:.2f}** |")
+    rows.append(
+        f"| **worst** | | {worst['spearman']['value']:.2f} (`{worst['spearman']['source']}`) | "
+        f"{worst['recall_at_k']['value']:.2f} (`{worst['recall_at_k']['source']}`) |"
+    )
+    name, r = sources[0]
+    pairs = [
+        f"| {d['teacher']:.3f} | {d['student']:.3f} | {_cell(d['first_sentence'])} | "
+        f"{_cell(d['second_sentence'])} |"
+        for d in r["disagreements"]
+    ]
+    return f"""
+## Fidelity on unlabeled sentences
+
+How closely the student imitates the teacher where there are no gold labels, on {where}:
+{per} sentences per source (a seeded sample), embedded by both exports. Spearman x100
+between the two models' cosine similarities of {f["pairs"]:,} random pairs of the source's
+sentences (all pairs where there are fewer); recall@{k} x100: the share of each sentence's
+{k} nearest neighbours by the teacher (cosine) that are also among its {k} nearest by the
+student, averaged. Worst source first.
+
+| source | sentences | Spearman | recall@{k} |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+The pairs of `{name}` on which the two disagree most:
+
+| teacher cosine | student cosine | sentence | sentence |
+|---|---|---|---|
+{chr(10).join(pairs)}
+"""
 
 
 def write_report(out, metrics, teacher_scores, student_scores):
@@ -405,10 +512,10 @@ of them streamed from label shards (paired anew on every pass). Teacher pass in
 
 {_time_text(metrics["timings"])}
 
-![training curves]({files["curves"]})
+{_dev_curve_text(metrics["training"])}![training curves]({files["curves"]})
 
 ![teacher versus student similarity]({files["scatter"]})
 
 ![quality against throughput]({files["tradeoff"]})
-{_size_curve_section(out, metrics)}"""
+{_fidelity_section(metrics)}{_size_curve_section(out, metrics)}"""
     return write_text_atomic(out / "report.md", text)

@@ -1,6 +1,7 @@
-"""Training data of the sentence-pair recipe: length-bucketed pairs with the teacher's outputs.
+"""Training in the sentence-pair recipe: its data, its dev curve, the fit (`train`).
 
-Two sources, mixed pair by pair in proportion to their sizes:
+The data: length-bucketed pairs with the teacher's outputs, from two sources,
+mixed pair by pair in proportion to their sizes:
 
 - pairs held in memory (the gold pairs and their re-pairings), gathered from
   a small table of the teacher's embeddings;
@@ -11,7 +12,13 @@ Two sources, mixed pair by pair in proportion to their sizes:
 
 Then batches of pairs of similar length (`kd_keras.batching.bucket_by_length`,
 on the longer sentence of the pair), each padded to its own longest row.
+
+The fit: the `Distiller` over those batches in checkpointed parts
+(`kd_keras.checkpoints.ResumableBackup`), the student's dev Spearman after
+each part (`DevCurve`, with optional early stopping on it).
 """
+
+import math
 
 import keras
 import numpy as np
@@ -19,9 +26,22 @@ import tensorflow as tf
 
 from kd_keras.batching import bucket_by_length
 from kd_keras.labels import labels_dataset
+from kd_keras.progress import log
 from kd_keras.recipes.sentence_pairs.objectives import teacher_pair_outputs
 
-__all__ = ["SHUFFLE_BUFFER", "StepHistory", "pair_datasets"]
+__all__ = [
+    "SHUFFLE_BUFFER",
+    "DevCurve",
+    "StepHistory",
+    "compiled_distiller",
+    "pair_datasets",
+    "train",
+]
+
+
+def _log(message):
+    log(message, prefix="kd-keras distill")
+
 
 # Streamed sentences shuffled together (about 2 KB each with a 384-wide embedding).
 SHUFFLE_BUFFER = 16384
@@ -188,3 +208,217 @@ class StepHistory:
     def set_state(self, state):
         self.step, self.window = state["step"], list(state["window"])
         self.points = [tuple(p) for p in state["points"]]
+
+
+class DevCurve:
+    """Dev Spearman x100 after every checkpoint part; optional early stopping on it.
+
+    At the end of every Keras epoch (a checkpoint part) it scores the dev
+    pairs with the student (cosine of the two embeddings against the gold
+    scores), adds `dev_spearman` to the logs (so the checkpoint's history
+    keeps the curve) and, with `patience`, stops training once that many
+    parts have passed without a better score, as Keras' `EarlyStopping(
+    restore_best_weights=True)` would: the job then restores the best part's
+    checkpoint (`ResumableBackup(keep=curve.best_epoch)`). Its state travels
+    with the checkpoints, so a resumed run stops where the uninterrupted one
+    would have.
+
+    Args:
+        pair_model: the student's pair model (`pair_training_model`).
+        dev_batches: `(x, gold)` batches of the dev pairs, `x["student"]`
+            the pair model's inputs (the validation set of `pair_datasets`).
+        patience: int. Parts without improvement before stopping; 0: never.
+    """
+
+    def __init__(self, pair_model, dev_batches, patience=0):
+        curve = self
+        self.patience = patience
+        self.best = None  # (epoch count, dev Spearman)
+        self.since_best = 0
+        self.stopped = False
+        score = tf.function(lambda x: pair_model(x, training=False)["score"], reduce_retracing=True)
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                value = curve.measure(score, dev_batches)
+                if logs is not None:
+                    logs["dev_spearman"] = value
+                if curve.improves(value):
+                    curve.best, curve.since_best = (epoch + 1, value), 0
+                else:
+                    curve.since_best += 1
+                if curve.patience and curve.since_best >= curve.patience:
+                    curve.stopped = True
+                    self.model.stop_training = True
+
+        self.callback = Callback()
+
+    @staticmethod
+    def measure(score, dev_batches):
+        from kd_keras.evaluation import spearman
+
+        scores, gold = [], []
+        for x, y in dev_batches:
+            scores.append(np.asarray(score(x["student"])).reshape(-1))
+            gold.append(np.asarray(y).reshape(-1))
+        return 100.0 * spearman(np.concatenate(scores), np.concatenate(gold))
+
+    def improves(self, value):
+        """Whether `value` beats the best so far; a NaN (constant scores) is beaten by any."""
+        if self.best is None or math.isnan(self.best[1]):
+            return True
+        return value > self.best[1]
+
+    def best_epoch(self):
+        """The Keras epoch count of the best part so far (`None` before the first)."""
+        return self.best[0] if self.best else None
+
+    def restore_best(self, backup):
+        """A callback that loads the best part's checkpoint at the end of training.
+
+        Place it before `backup` (a `ResumableBackup(keep=self.best_epoch)`),
+        whose own end of training deletes the checkpoints.
+        """
+        curve = self
+
+        class RestoreBest(keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                if curve.best is not None:
+                    backup.restore(curve.best[0])
+
+        return RestoreBest()
+
+    def get_state(self):
+        return {"best": self.best, "since_best": self.since_best, "stopped": self.stopped}
+
+    def set_state(self, state):
+        self.best = tuple(state["best"]) if state["best"] else None
+        self.since_best, self.stopped = state["since_best"], state["stopped"]
+
+
+def compiled_distiller(c, encoder, steps):
+    """The `Distiller` of the student's pair model, compiled (build it in the strategy's scope)."""
+    from kd_keras import Distiller
+    from kd_keras.recipes.sentence_pairs.objectives import (
+        BinaryPairLoss,
+        GoldScoreMSE,
+        objective_loss,
+        pair_training_model,
+    )
+
+    if c.hard_loss == "binary":
+        hard_loss = BinaryPairLoss(threshold=c.negative_threshold)
+    else:
+        hard_loss = GoldScoreMSE(c.max_score)
+    train_model = pair_training_model(
+        encoder, scale=c.similarity_scale, threshold=c.similarity_threshold
+    )
+    distill_output, loss = objective_loss(c.objective, c.distillation_loss, c.temperature)
+    # No teacher object: every batch carries the teacher's cached outputs.
+    distiller = Distiller(None, train_model, distill_output=distill_output, label_output="score")
+    chunk = -(-steps // c.checkpoints_per_epoch)
+    learning_rate = c.learning_rate
+    if c.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            c.learning_rate, decay_steps=c.epochs * c.checkpoints_per_epoch * chunk
+        )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        student_loss=hard_loss,
+        distillation_loss=loss,
+        alpha=c.alpha,
+    )
+    return distiller, chunk
+
+
+def train(c, out, data, encoder, preprocessor, progress, strategy):
+    """Trains the student's pair model (the recipe's step 2).
+
+    Returns `(history, step curve, steps trained, early stopping)`: the
+    whole run's Keras history (resumed parts included, `dev_spearman` among
+    it), the `StepHistory` points, and the early-stopping outcome.
+
+    `data`: `(pairs, tables, label folders, dev)`, as `pair_datasets` takes them.
+    Under a multi-worker `strategy` every worker trains on its slice of the
+    same global batches and keeps its own checkpoints (`kd_keras.distribute`).
+    """
+    from kd_keras import distribute
+    from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
+    from kd_keras.progress import training_progress
+    from kd_keras.recipes.sentence_pairs.students import student_name
+
+    pairs, tables, labels, dev = data
+    train_ds, val_ds, steps = pair_datasets(
+        c, pairs, tables, preprocessor, encoder, dev, labels=labels
+    )
+    if c.steps_per_epoch:
+        steps = c.steps_per_epoch
+    dev_batches = val_ds  # whole on every worker: each scores all the dev pairs
+    train_ds = distribute.shard_global_batches(train_ds)
+    val_ds = distribute.shard_global_batches(val_ds)
+    with strategy.scope():
+        distiller, chunk = compiled_distiller(c, encoder, steps)
+    curve = StepHistory()
+    dev_curve = DevCurve(distiller.student, dev_batches, patience=c.early_stopping)
+    backup_dir = distribute.worker_backup_dir(out / "backup", strategy)
+    backup = ResumableBackup(
+        backup_dir,
+        states={"step_loss": curve, "dev_curve": dev_curve},
+        keep=dev_curve.best_epoch if c.early_stopping else None,
+    )
+    parts = c.epochs * c.checkpoints_per_epoch
+    stopping = (
+        f"; early stopping after {c.early_stopping} dev evaluation(s) without a better dev Spearman"
+        if c.early_stopping
+        else ""
+    )
+    _log(
+        f"training {student_name(c, encoder)} student ({encoder.count_params():,} parameters): "
+        f"{c.epochs} epoch(s) of {steps} steps, checkpoint and dev Spearman every {chunk} "
+        f"steps{stopping}"
+    )
+    done = backup.checkpoints()
+    if done:
+        _log(
+            f"resuming from the checkpoint after {done[-1]} of {parts} parts "
+            f"({done[-1] / c.checkpoints_per_epoch:g} epochs)"
+        )
+        saved = backup.saved_state("dev_curve")
+        if saved and saved["stopped"]:
+            parts = done[-1]  # it had stopped early: nothing more to train
+    # Each epoch runs as `checkpoints_per_epoch` Keras epochs of `chunk` steps
+    # over one endless stream, each ending with an atomic checkpoint; the
+    # progress the user sees counts the epochs asked for. A non-finite loss
+    # stops the run before anything is saved. The dev curve's callback comes
+    # before the backup, so each checkpoint holds its point.
+    callbacks = [StopOnNonFiniteLoss(), dev_curve.callback, backup, curve.callback]
+    if c.early_stopping:  # the best part's weights, before the backup deletes them
+        callbacks.insert(2, dev_curve.restore_best(backup))
+    distiller.fit(
+        train_ds,
+        epochs=parts,
+        steps_per_epoch=chunk,
+        validation_data=val_ds,
+        callbacks=[
+            *callbacks,
+            training_progress(c.epochs, c.checkpoints_per_epoch, chunk, enabled=progress),
+        ],
+        verbose=0,
+        shuffle=False,  # the dataset shuffles itself (Keras would warn that it ignores this)
+    )
+    if c.early_stopping:
+        best, value = dev_curve.best
+        last = len(backup.history.get("dev_spearman", []))
+        _log(
+            f"kept the student after {best * chunk} steps (dev Spearman {value:.2f})"
+            + (f"; stopped early after {last * chunk} steps" if dev_curve.stopped else "")
+        )
+    stopping = {
+        "patience": c.early_stopping,
+        "steps_per_evaluation": chunk,
+        "best_step": dev_curve.best[0] * chunk if dev_curve.best else None,
+        "best_dev_spearman": dev_curve.best[1] if dev_curve.best else None,
+        "stopped": dev_curve.stopped,
+    }
+    # The whole run's, resumed parts included.
+    return backup.history, curve.points, curve.step, stopping

@@ -1,0 +1,161 @@
+"""`kd-keras evaluate`: a student's fidelity to its teacher where there are no labels.
+
+```
+kd-keras evaluate --teacher default --student runs/RUN/student --sentences my_texts.txt
+kd-keras evaluate --teacher default --student runs/RUN/student.keras \\
+    --sentences 'data/transfer-en/*.txt.gz' --limit 300 --json fidelity.json
+```
+
+For each file (one sentence per line, its first tab-separated field, plain or
+`.gz`, empty lines skipped; globs are expanded), `--limit` of its sentences
+(a seeded sample) go through both models, and `kd_keras.fidelity` compares
+their embeddings: Spearman x100 between the two models' cosines of
+`--pairs` random sentence pairs, nearest-neighbour recall@10 x100 (the share
+of each sentence's 10 nearest by the teacher that are among its 10 nearest by
+the student), and the pairs on which the two disagree most. A file of the
+shipped transfer corpus (in a folder named `transfer-en`) gives only its
+held-out tail, the sentences `kd-keras distill` never trains on
+(`kd_keras.transfer.split_heldout`), as the fidelity table of its report does.
+
+`--teacher` and `--student` take what `kd-keras embed --model` takes: a
+teacher (`'default'`, a model folder, a teacher `.keras`), a student `.keras`
+with its `.preprocessor.json` sidecar, or a raw-text export folder.
+"""
+
+import pathlib
+
+__all__ = ["add_arguments", "check", "run"]
+
+DISPLAY_CHARS = 60  # of each sentence in the disagreement lists
+
+
+def add_arguments(parser):
+    """Adds the `evaluate` options to the subcommand's `argparse` parser."""
+    models = "as kd-keras embed --model takes it: 'default', a model folder, an export folder, "
+    parser.add_argument(
+        "--teacher", default="default", help=models + "or a teacher .keras (default: default)"
+    )
+    parser.add_argument(
+        "--student", required=True, help=models + "or a student .keras with its sidecar"
+    )
+    parser.add_argument(
+        "--sentences",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="text files (or globs), one sentence per line (its first tab-separated field), "
+        "plain or .gz; a transfer-en file gives its held-out tail",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=2000, help="sentences per file, a seeded sample (0: all)"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=2000, help="random sentence pairs per file for the Spearman"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    parser.add_argument("--no-progress", action="store_true", help="report no progress")
+
+
+def check(args):
+    """Settings and files, read before TensorFlow loads: one-line errors.
+
+    Sets `args.sentence_sets`: `{file: sampled sentences}`.
+    """
+    from kd_keras.data import DataError, corpus_files, read_sentences
+    from kd_keras.fidelity import sample_sentences
+    from kd_keras.transfer import is_heldout_source, split_heldout
+
+    for name, minimum in (("limit", 0), ("pairs", 1), ("batch_size", 1)):
+        if getattr(args, name) < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be at least {minimum}; got {getattr(args, name)}")
+    if args.json:
+        out = pathlib.Path(args.json)
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--json {out}: folder {out.parent} does not exist")
+        if out.is_dir():
+            raise IsADirectoryError(f"--json {out} is a folder; give a file name")
+    sets = {}
+    for path in corpus_files(args.sentences):
+        sentences = read_sentences(path)
+        if is_heldout_source(path):
+            sentences = split_heldout(path, sentences)[1]
+        sample = sample_sentences(sentences, args.limit, args.seed)
+        if len(sample) < 3:
+            raise DataError(f"{path}: fidelity needs at least 3 sentences; it has {len(sample)}")
+        sets[path] = sample
+    args.sentence_sets = sets
+
+
+def _short(text):
+    return text if len(text) <= DISPLAY_CHARS else text[: DISPLAY_CHARS - 3] + "..."
+
+
+def _print_tables(results, summary):
+    from kd_keras.transfer import is_heldout_source
+
+    names = {p: p + (" (held out)" if is_heldout_source(p) else "") for p in results}
+    width = max(len("mean"), *map(len, names.values()))
+    print(f"{'file':<{width}}  sentences  pairs  Spearman  recall@10")
+    for path, r in results.items():
+        clipped = f" (k={r['k']})" if r["k"] != 10 else ""
+        print(
+            f"{names[path]:<{width}}  {r['sentences']:>9}  {r['pairs']:>5}  "
+            f"{r['spearman']:>8.2f}  {r['recall_at_k']:>9.2f}{clipped}"
+        )
+    if len(results) > 1:
+        m = summary["mean"]
+        blank = " " * 18
+        print(f"{'mean':<{width}}{blank}  {m['spearman']:>8.2f}  {m['recall_at_k']:>9.2f}")
+    for path, r in results.items():
+        print(f"\n{path}: the {len(r['disagreements'])} pairs the two disagree on most")
+        print("teacher  student  sentences")
+        for d in r["disagreements"]:
+            print(
+                f"{d['teacher']:>7.3f}  {d['student']:>7.3f}  "
+                f"{_short(d['first_sentence'])} | {_short(d['second_sentence'])}"
+            )
+
+
+def run(args):
+    """Runs `kd-keras evaluate` (after `check`); bad inputs raise (exit 2)."""
+    import numpy as np
+
+    from kd_keras.cli.embed import embed_sentences
+    from kd_keras.fidelity import NEIGHBOURS, fidelity, name_pairs, summarize
+
+    if not hasattr(args, "sentence_sets"):  # called directly, not through the dispatcher
+        check(args)
+    sets = args.sentence_sets
+    every = [s for sentences in sets.values() for s in sentences]
+    embeddings = [
+        np.asarray(
+            embed_sentences(spec, every, batch_size=args.batch_size, progress=not args.no_progress)
+        )
+        for spec in (args.teacher, args.student)
+    ]
+    results, start = {}, 0
+    for path, sentences in sets.items():
+        rows = slice(start, start + len(sentences))
+        start += len(sentences)
+        r = fidelity(embeddings[0][rows], embeddings[1][rows], pairs=args.pairs, seed=args.seed)
+        results[path] = name_pairs(r, sentences)
+    summary = summarize(results)
+    _print_tables(results, summary)
+    if args.json:
+        from kd_keras.storage import write_json_atomic
+
+        settings = {"limit": args.limit, "pairs": args.pairs, "k": NEIGHBOURS, "seed": args.seed}
+        write_json_atomic(
+            args.json,
+            {
+                "teacher": args.teacher,
+                "student": args.student,
+                "settings": settings,
+                "files": results,
+                **summary,
+            },
+        )
+    return 0
