@@ -12,6 +12,10 @@ way, its quality and latency in a fresh process of its own
   machine whose speed drifts weighs on all alike; the speed-up is the median
   of the rounds' ratios to the first model;
 - batch-1 latency (p50) through `embed`, one test sentence per call;
+- per-source fidelity to the first model on the held-out tails of the 23
+  transfer-en files (`--fidelity-limit` sentences each, 300; the sample of
+  `kd-keras distill`'s fidelity table): Spearman of the two models' cosines
+  of random pairs, mean and worst source, and nearest-neighbour recall@10;
 - the SavedModel's size on disk, and its weights' precision (`float32`, or
   `int8` for an export made with `--quantize int8`, read from its metadata).
 
@@ -105,6 +109,13 @@ def _parse_args(argv):
     )
     parser.add_argument("--rounds", type=int, default=5, help="turns of the throughput timing")
     parser.add_argument("--latency-calls", type=int, default=200, help="batch-1 calls")
+    parser.add_argument(
+        "--fidelity-limit",
+        type=int,
+        default=300,
+        help="per-source fidelity to the first model: this many held-out sentences of each "
+        "transfer-en file (the tails training never samples; 0: no fidelity columns)",
+    )
     parser.add_argument("--plot", type=pathlib.Path, default=None, help="PNG of the frontier")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="the table as JSON")
     return parser.parse_args(argv)
@@ -243,18 +254,95 @@ def measure(models, test, dev, seconds, latency_calls, rounds=5):
     return rows
 
 
+def fidelity_sets(limit, seed=0):
+    """`{source: sentences}`: `limit` held-out sentences of every transfer-en file.
+
+    The same sample as `kd-keras distill`'s default fidelity table (the tails
+    of `kd_keras.transfer.split_heldout`, `kd_keras.fidelity.sample_sentences`).
+    """
+    from kd_keras.data import corpus_files, data_path
+    from kd_keras.fidelity import sample_sentences
+    from kd_keras.transfer import heldout_sentences
+
+    files = corpus_files([data_path("transfer-en", "*.txt.gz")])
+    return {
+        pathlib.Path(path).name: sample_sentences(heldout_sentences(path), limit, seed)
+        for path in files
+    }
+
+
+def _embed_all(model, sentences, batch_size=64):
+    """`[N, D]` embeddings by any row's model (`text_embedder`), batches of similar length."""
+    import numpy as np
+
+    from kd_keras.evaluation import text_embedder
+
+    embed = text_embedder(model)
+    order = np.argsort([len(s) for s in sentences], kind="stable")
+    out = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        vectors = embed([sentences[i] for i in rows])
+        if isinstance(vectors, dict):  # an export's signature: its outputs by name
+            vectors = vectors["embedding"]
+        vectors = np.asarray(vectors, np.float32)
+        if out is None:
+            out = np.empty((len(sentences), vectors.shape[1]), np.float32)
+        out[rows] = vectors
+    return out
+
+
+def add_fidelity(rows, models, sets):
+    """Adds each row's fidelity to the first model, per source, to `rows`:
+    `fidelity_mean` / `fidelity_worst` (Spearman x100 of the two models' cosines
+    of random pairs, the mean and the worst source, `worst_source`) and
+    `recall_mean` (nearest-neighbour recall@10 x100), `kd_keras.fidelity`'s."""
+    from kd_keras.fidelity import fidelity, summarize
+
+    every = [s for sentences in sets.values() for s in sentences]
+    reference = None
+    for row, (name, model) in zip(rows, models, strict=True):
+        embeddings = _embed_all(model, every)
+        reference = embeddings if reference is None else reference
+        results, start = {}, 0
+        for source, sentences in sets.items():
+            part = slice(start, start + len(sentences))
+            start += len(sentences)
+            results[source] = fidelity(reference[part], embeddings[part])
+        summary = summarize(results)
+        row["fidelity_mean"] = summary["mean"]["spearman"]
+        row["fidelity_worst"] = summary["worst"]["spearman"]["value"]
+        row["worst_source"] = summary["worst"]["spearman"]["source"]
+        row["recall_mean"] = summary["mean"]["recall_at_k"]
+        print(f"fidelity of {name}", file=sys.stderr)
+
+
 def print_table(rows):
+    fidelity = "fidelity_mean" in rows[0]
     header = (
         f"{'model':<14} {'test Spearman':>13} {'dev Spearman':>12} {'sent/s b64':>11} "
         f"{'x ref':>7} {'p50 ms b1':>10} {'size MiB':>9} {'weights':>8}"
     )
+    if fidelity:
+        header += f" {'fid. mean':>9} {'fid. worst':>10} {'R@10 mean':>9}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(
+        line = (
             f"{r['model']:<14} {r['test_spearman']:>13.2f} {r['dev_spearman']:>12.2f} "
             f"{r['sentences_per_second']:>11.1f} {r['speedup']:>7.1f} {r['p50_ms']:>10.2f} "
             f"{r['size_mib']:>9.1f} {r.get('weights', 'float32'):>8}"
+        )
+        if fidelity:
+            line += (
+                f" {r['fidelity_mean']:>9.2f} {r['fidelity_worst']:>10.2f} {r['recall_mean']:>9.2f}"
+            )
+        print(line)
+    if fidelity:
+        print(
+            "fid.: Spearman x100 of the row's and the first model's cosines of 2,000 random pairs "
+            "of held-out transfer-en sentences, the mean and the worst of the 23 sources; "
+            "R@10: nearest-neighbour recall x100"
         )
 
 
@@ -320,6 +408,8 @@ def main(argv=None):
         models += int8_exports(args.int8, args.work or temporary)
         models += st_onnx_models(st_onnx, args.work or temporary)
         rows = measure(models, test, dev, args.seconds, args.latency_calls, args.rounds)
+        if args.fidelity_limit:  # after the timing: it loads every model in this process
+            add_fidelity(rows, models, fidelity_sets(args.fidelity_limit))
     print(f"{cpu_description()}; {len(test[0])} test pairs; speed over their sentences")
     print_table(rows)
     if args.json:

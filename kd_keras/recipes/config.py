@@ -126,12 +126,14 @@ def load_config_file(path, config_cls):
 
 
 def config_from_args(config_cls, args):
-    """A `config_cls` from `--config` and the flags (flags win)."""
+    """A `config_cls` from `--config` and the flags (flags win), over its `--preset`."""
     values = load_config_file(args.config, config_cls) if getattr(args, "config", None) else {}
     for field in dataclasses.fields(config_cls):
         value = getattr(args, field.name, None)
         if value is not None:
             values[field.name] = value
+    if values.get("preset") and hasattr(config_cls, "from_preset"):
+        return config_cls.from_preset(values.pop("preset"), **values)
     return config_cls(**values)
 
 

@@ -119,3 +119,31 @@ def test_st_onnx_without_the_reference_extra_stops_in_one_line_before_tensorflow
     assert message.startswith("--st-onnx needs the reference extra (") and "onnxruntime" in message
     assert message.endswith(": pip install -e '.[reference]'")
     assert tensorflow == "False"
+
+
+def test_fidelity_columns_against_the_first_model(students, capsys):
+    import numpy as np
+
+    sets = {f"source-{k}": [f"sentence {k} {i}" for i in range(40)] for k in range(3)}
+    rng = np.random.default_rng(0)
+    table = {s: rng.normal(size=8) for sentences in sets.values() for s in sentences}
+
+    def teacher(batch):
+        return np.stack([table[s] for s in batch])
+
+    def student(batch):  # the teacher's, but scrambled on source-1
+        vectors = teacher(batch)
+        scrambled = [i for i, s in enumerate(batch) if s.startswith("sentence 1 ")]
+        vectors[scrambled] = rng.normal(size=(len(scrambled), 8))
+        return vectors
+
+    rows = [dict(r) for r in ROWS[:2]]
+    students.add_fidelity(rows, [("teacher", teacher), ("student", student)], sets)
+    assert rows[0]["fidelity_mean"] == pytest.approx(100.0)
+    assert rows[0]["recall_mean"] == pytest.approx(100.0)
+    assert rows[1]["worst_source"] == "source-1"
+    assert rows[1]["fidelity_worst"] < 50.0
+    assert rows[1]["fidelity_mean"] == pytest.approx((200.0 + rows[1]["fidelity_worst"]) / 3)
+    students.print_table(rows)
+    out = capsys.readouterr().out
+    assert "fid. worst" in out and f"{rows[1]['fidelity_worst']:.2f}" in out

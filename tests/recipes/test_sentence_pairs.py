@@ -231,6 +231,30 @@ def test_config_file_mirrors_flags_and_flags_win(tmp_path):
     Config(alpha=1, learning_rate=1).validate()  # an int where a float goes is fine
 
 
+def test_a_preset_sits_under_the_config_file_and_the_flags(tmp_path, monkeypatch):
+    Config = sentence_pairs.DistillConfig
+    monkeypatch.setitem(
+        sentence_pairs.PRESETS, "quality", {"epochs": 9, "hidden_dim": 64, "early_stopping": 3}
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text("hidden-dim: 32\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Config, sentence_pairs.HELP, sentence_pairs.CHOICES)
+    argv = ["--preset", "quality", "--config", str(config), "--early-stopping", "0"]
+    c = config_from_args(Config, parser.parse_args(argv))
+    # The preset's epochs; the file's width; the flag's 0, though 0 is the default.
+    assert (c.epochs, c.hidden_dim, c.early_stopping, c.preset) == (9, 32, 0, "quality")
+    c.resolved().validate()
+    assert Config.from_preset("quality", epochs=2).epochs == 2
+    assert Config.from_preset("none") == Config()
+    with pytest.raises(ConfigError, match=r"DistillConfig.from_preset\('quality'"):
+        Config(preset="quality").validate()  # the constructor alone would apply nothing
+    with pytest.raises(ConfigError, match=r"--preset 'fast': expected one of none, quality"):
+        Config.from_preset("fast")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--preset", "fast"])
+
+
 def _check_batch(x, y, lengths_of, bounds):
     """Every side padded to its own longest row; one length bucket per batch."""
     pair_length = None

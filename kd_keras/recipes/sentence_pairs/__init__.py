@@ -5,12 +5,12 @@ A recipe module has the same shape as every other (`kd_keras.recipes`):
 command line's parser is built), `DESCRIPTION`, and `run(config)`.
 """
 
-from kd_keras.recipes.sentence_pairs.config import CHOICES, HELP, DistillConfig
+from kd_keras.recipes.sentence_pairs.config import CHOICES, HELP, PRESETS, DistillConfig
 
 Config = DistillConfig
 DESCRIPTION = "Distill a sentence-similarity teacher into a fast siamese student."
 
-__all__ = ["CHOICES", "DESCRIPTION", "HELP", "Config", "DistillConfig", "run"]
+__all__ = ["CHOICES", "DESCRIPTION", "HELP", "PRESETS", "Config", "DistillConfig", "run"]
 
 
 def run(config=None, progress=True):

@@ -373,7 +373,7 @@ def _quality_text(c, d, metrics):
     return f"""{where}: correlation x100 between the cosine similarity of the
 two sentence embeddings and the gold score. Speed is
 CPU sentences per second through the `embed` signature, batch 64, over the test
-sentences, the two models timed in turns in one process ({_rounds(metrics)} rounds; the
+sentences, all models timed in turns in one process ({_rounds(metrics)} rounds; the
 median round, and the speed-up is the median of the rounds' ratios)."""
 
 
@@ -493,7 +493,7 @@ Teacher `{c["teacher"]}` -> {student} student, objective `{c["objective"]}`,
 alpha {c["alpha"]}, {_epochs_text(c)}, batch {c["batch_size"]}.
 
 All numbers below were measured in this run, on this machine
-({machine_description()}), through the two exported raw-text SavedModels.
+({machine_description()}), through the exported raw-text SavedModels.
 {_quality_text(c, d, metrics)}
 
 | model | dev Spearman | test Spearman | test Pearson | parameters | SavedModel size | sentences/s |
