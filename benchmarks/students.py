@@ -255,41 +255,16 @@ def measure(models, test, dev, seconds, latency_calls, rounds=5):
 
 
 def fidelity_sets(limit, seed=0):
-    """`{source: sentences}`: `limit` held-out sentences of every transfer-en file.
+    """`{source: sentences}`: `limit` held-out sentences of every transfer-en file,
+    the sample of `kd-keras distill`'s default fidelity table (`agreement.fidelity_sets`)."""
+    from kd_keras.data import data_path
+    from kd_keras.recipes.sentence_pairs import DistillConfig
+    from kd_keras.recipes.sentence_pairs.agreement import fidelity_sets as recipe_sets
 
-    The same sample as `kd-keras distill`'s default fidelity table (the tails
-    of `kd_keras.transfer.split_heldout`, `kd_keras.fidelity.sample_sentences`).
-    """
-    from kd_keras.data import corpus_files, data_path
-    from kd_keras.fidelity import sample_sentences
-    from kd_keras.transfer import heldout_sentences
-
-    files = corpus_files([data_path("transfer-en", "*.txt.gz")])
-    return {
-        pathlib.Path(path).name: sample_sentences(heldout_sentences(path), limit, seed)
-        for path in files
-    }
-
-
-def _embed_all(model, sentences, batch_size=64):
-    """`[N, D]` embeddings by any row's model (`text_embedder`), batches of similar length."""
-    import numpy as np
-
-    from kd_keras.evaluation import text_embedder
-
-    embed = text_embedder(model)
-    order = np.argsort([len(s) for s in sentences], kind="stable")
-    out = None
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        vectors = embed([sentences[i] for i in rows])
-        if isinstance(vectors, dict):  # an export's signature: its outputs by name
-            vectors = vectors["embedding"]
-        vectors = np.asarray(vectors, np.float32)
-        if out is None:
-            out = np.empty((len(sentences), vectors.shape[1]), np.float32)
-        out[rows] = vectors
-    return out
+    config = DistillConfig(
+        fidelity=data_path("transfer-en", "*.txt.gz"), fidelity_limit=limit, seed=seed
+    )
+    return {name: source["sentences"] for name, source in recipe_sets(config).items()}
 
 
 def add_fidelity(rows, models, sets):
@@ -297,19 +272,15 @@ def add_fidelity(rows, models, sets):
     `fidelity_mean` / `fidelity_worst` (Spearman x100 of the two models' cosines
     of random pairs, the mean and the worst source, `worst_source`) and
     `recall_mean` (nearest-neighbour recall@10 x100), `kd_keras.fidelity`'s."""
-    from kd_keras.fidelity import fidelity, summarize
+    from kd_keras.evaluation import embed_text_export
+    from kd_keras.fidelity import per_source, summarize
 
     every = [s for sentences in sets.values() for s in sentences]
     reference = None
     for row, (name, model) in zip(rows, models, strict=True):
-        embeddings = _embed_all(model, every)
+        embeddings = embed_text_export(model, every)
         reference = embeddings if reference is None else reference
-        results, start = {}, 0
-        for source, sentences in sets.items():
-            part = slice(start, start + len(sentences))
-            start += len(sentences)
-            results[source] = fidelity(reference[part], embeddings[part])
-        summary = summarize(results)
+        summary = summarize(per_source(reference, embeddings, sets))
         row["fidelity_mean"] = summary["mean"]["spearman"]
         row["fidelity_worst"] = summary["worst"]["spearman"]["value"]
         row["worst_source"] = summary["worst"]["spearman"]["source"]

@@ -315,13 +315,15 @@ def evaluate_text_export(
     return result
 
 
-def embed_text_export(path, sentences, batch_size=64, progress=None):
+def embed_text_export(model, sentences, batch_size=64, progress=None):
     """Embeddings of `sentences` by a raw-text SavedModel's `embed` signature, `[N, D]` float32.
 
     Batches of similar length (sorted by characters), rows in the order given.
 
     Args:
-        path: folder of an export with an `embed` signature (`kd_keras.serving`).
+        model: folder of an export with an `embed` signature (`kd_keras.serving`),
+            or any other model `text_embedder` takes (a function or a factory
+            spec giving `[n, D]` arrays).
         sentences: list of str.
         batch_size: int.
         progress: an object with `update(n)` (a progress bar), or `None`.
@@ -329,23 +331,29 @@ def embed_text_export(path, sentences, batch_size=64, progress=None):
     Raises:
         ValueError: the export has no `embed` signature.
     """
-    import tensorflow as tf
+    if _is_export(model):
+        import tensorflow as tf
 
-    from kd_keras.serving import load_text_export
+        from kd_keras.serving import load_text_export
 
-    signatures = load_text_export(path).signatures
-    if "embed" not in signatures:
-        raise ValueError(
-            f"{path}: the export has no `embed` signature (it has "
-            f"{', '.join(sorted(signatures))}); a sentence encoder is needed."
-        )
-    embed = signatures["embed"]
+        signatures = load_text_export(model).signatures
+        if "embed" not in signatures:
+            raise ValueError(
+                f"{model}: the export has no `embed` signature (it has "
+                f"{', '.join(sorted(signatures))}); a sentence encoder is needed."
+            )
+        signature = signatures["embed"]
+
+        def embed(batch):
+            return signature(sentences=tf.constant(batch, tf.string))["embedding"].numpy()
+
+    else:
+        embed = text_embedder(model)
     order = np.argsort([len(s) for s in sentences], kind="stable")
     embeddings = None
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = tf.constant([sentences[i] for i in rows], tf.string)
-        vectors = embed(sentences=batch)["embedding"].numpy()
+        vectors = np.asarray(embed([sentences[i] for i in rows]), np.float32)
         if embeddings is None:
             embeddings = np.empty((len(sentences), vectors.shape[1]), np.float32)
         embeddings[rows] = vectors

@@ -42,6 +42,7 @@ __all__ = [
     "name_pairs",
     "neighbour_recall",
     "pair_cosines",
+    "per_source",
     "random_pairs",
     "sample_sentences",
     "summarize",
@@ -191,6 +192,31 @@ def name_pairs(result, sentences):
         for d in result["disagreements"]
     ]
     return {**result, "disagreements": named}
+
+
+def per_source(teacher, student, sets, **settings):
+    """`fidelity` of each source's rows, with its disagreements named (`name_pairs`).
+
+    Args:
+        teacher, student: float arrays `[N, D]`, `[N, D']`: the embeddings of
+            every source's sentences, one source after the other, in the
+            order of `sets`.
+        sets: dict `{source: list of its sentences}`.
+        **settings: `pairs`, `k`, `top`, `seed` of `fidelity`.
+
+    Returns:
+        `{source: result}`, ready for `summarize`.
+    """
+    results, start = {}, 0
+    for source, sentences in sets.items():
+        rows = slice(start, start + len(sentences))
+        start += len(sentences)
+        results[source] = name_pairs(
+            fidelity(np.asarray(teacher[rows]), np.asarray(student[rows]), **settings), sentences
+        )
+    if start != len(teacher):
+        raise ValueError(f"The sets hold {start} sentences; the embeddings {len(teacher)} rows.")
+    return results
 
 
 def summarize(results):

@@ -165,3 +165,22 @@ def test_summary_and_samples():
     assert named["disagreements"] == [
         {"first": 2, "second": 5, "first_sentence": "s2", "second_sentence": "s5"}
     ]
+
+
+def test_per_source_scores_each_sources_own_rows():
+    rng = np.random.default_rng(3)
+    teacher = rng.normal(size=(30, 6))
+    student = teacher.copy()
+    student[10:20] = rng.permutation(student[10:20])  # source "b" scrambled
+    sets = {name: [f"{name} {i}" for i in range(10)] for name in ("a", "b", "c")}
+    results = fid.per_source(teacher, student, sets, pairs=None, seed=1)
+    assert list(results) == ["a", "b", "c"]
+    for name, rows in (("a", slice(0, 10)), ("b", slice(10, 20)), ("c", slice(20, 30))):
+        expected = fid.name_pairs(
+            fid.fidelity(teacher[rows], student[rows], None, seed=1), sets[name]
+        )
+        assert results[name] == expected
+    assert results["a"]["spearman"] == pytest.approx(100.0) and results["b"]["spearman"] < 90.0
+    assert results["b"]["disagreements"][0]["first_sentence"].startswith("b ")
+    with pytest.raises(ValueError, match="The sets hold 20 sentences; the embeddings 30 rows"):
+        fid.per_source(teacher, student, {"a": sets["a"], "b": sets["b"]})

@@ -124,7 +124,7 @@ def run(args):
     import numpy as np
 
     from kd_keras.cli.embed import embed_sentences
-    from kd_keras.fidelity import NEIGHBOURS, fidelity, name_pairs, summarize
+    from kd_keras.fidelity import NEIGHBOURS, per_source, summarize
 
     if not hasattr(args, "sentence_sets"):  # called directly, not through the dispatcher
         check(args)
@@ -136,12 +136,7 @@ def run(args):
         )
         for spec in (args.teacher, args.student)
     ]
-    results, start = {}, 0
-    for path, sentences in sets.items():
-        rows = slice(start, start + len(sentences))
-        start += len(sentences)
-        r = fidelity(embeddings[0][rows], embeddings[1][rows], pairs=args.pairs, seed=args.seed)
-        results[path] = name_pairs(r, sentences)
+    results = per_source(*embeddings, sets, pairs=args.pairs, seed=args.seed)
     summary = summarize(results)
     _print_tables(results, summary)
     if args.json:

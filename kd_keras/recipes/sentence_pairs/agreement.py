@@ -89,10 +89,8 @@ def measure_fidelity(c, cache, teacher_dir, student_dir, sets):
         with named disagreements, its "file" and whether "held_out"}`, and
         `mean` and `worst` (`summarize`).
     """
-    import numpy as np
-
     from kd_keras.evaluation import embed_text_exports_in_subprocess
-    from kd_keras.fidelity import NEIGHBOURS, PAIRS, fidelity, name_pairs, summarize
+    from kd_keras.fidelity import NEIGHBOURS, PAIRS, per_source, summarize
 
     every = [s for source in sets.values() for s in source["sentences"]]
     both = []
@@ -103,17 +101,18 @@ def measure_fidelity(c, cache, teacher_dir, student_dir, sets):
 
     teacher = _teacher_embeddings(cache, teacher_dir, every, teacher_and_student)
     student = both[1] if both else embed_text_exports_in_subprocess([student_dir], every)[0]
-    sources, start = {}, 0
-    for name, source in sets.items():
-        sentences = source["sentences"]
-        rows = slice(start, start + len(sentences))
-        start += len(sentences)
-        r = fidelity(np.asarray(teacher[rows]), student[rows], PAIRS, NEIGHBOURS, seed=c.seed)
-        sources[name] = {
-            "file": source["path"],
-            "held_out": source["held_out"],
-            **name_pairs(r, sentences),
-        }
+    results = per_source(
+        teacher,
+        student,
+        {name: source["sentences"] for name, source in sets.items()},
+        pairs=PAIRS,
+        k=NEIGHBOURS,
+        seed=c.seed,
+    )
+    sources = {
+        name: {"file": source["path"], "held_out": source["held_out"], **results[name]}
+        for name, source in sets.items()
+    }
     return {
         "sentences_per_source": c.fidelity_limit,
         "pairs": PAIRS,

@@ -246,25 +246,21 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     # Your own student's module is imported before loading it (its custom layers).
     modules = [m for m in [student_module(c.student)] if m]
     save_student(encoder, out / "student.keras", preprocessor, modules=modules)
+    pair = build_pair_model(encoder, name="student")
+    export_text_model(pair, preprocessor, student_dir, kind="pair", overwrite=True)
     rows = [
         ("teacher", teacher_dir, teacher.count_params()),
         ("student", student_dir, encoder.count_params()),
     ]
-    for quantize in [None] + ([c.quantize] if c.quantize != "none" else []):
-        suffix = f"-{quantize}" if quantize else ""
+    if c.quantize != "none":  # an int8 copy of each beside them (`quantize_copy`)
+        quantized_dir = out / f"student-{c.quantize}"
         export_text_model(
-            build_pair_model(encoder, name="student"),
-            preprocessor,
-            out / f"student{suffix}",
-            kind="pair",
-            overwrite=True,
-            quantize=quantize,
+            pair, preprocessor, quantized_dir, kind="pair", overwrite=True, quantize=c.quantize
         )
-        if quantize:
-            rows += [
-                (f"teacher {quantize}", _teacher_export(c, c.cache_dir, teacher, quantize), None),
-                (f"student {quantize}", out / f"student{suffix}", None),
-            ]
+        rows += [
+            (f"teacher {c.quantize}", _teacher_export(c, c.cache_dir, teacher, c.quantize), None),
+            (f"student {c.quantize}", quantized_dir, None),
+        ]
     export_seconds = time.perf_counter() - t0
 
     speed_sentences = list(test[0]) + list(test[1])
