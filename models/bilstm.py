@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from .heads import build_pair_model
-from .pooling import MaskedPooling
+from .pooling import AttentionPooling, MaskedPooling
 
 
 def token_embedding(vocabulary_size, embedding_dim, embeddings_initializer="uniform"):
@@ -59,9 +59,11 @@ def build_bilstm_encoder(
     embeddings_initializer="uniform",
     normalize=False,
     embedding_skip=False,
+    num_layers=1,
+    pooling="mean",
     name="bilstm_encoder",
 ):
-    """Token ids to a sentence embedding: embedding, BiLSTM, masked mean pooling.
+    """Token ids to a sentence embedding: embedding, BiLSTM(s), masked pooling.
 
     Args:
         vocabulary_size: int. Token id 0 is padding (as `[PAD]` in BERT
@@ -80,23 +82,40 @@ def build_bilstm_encoder(
             projection: a static bag-of-embeddings path (a Model2Vec-style
             sentence vector when the embeddings come from vocabulary
             distillation) beside the contextual one, at almost no cost.
+        num_layers: int >= 1. Stacked BiLSTM layers (each takes the previous
+            one's states).
+        pooling: `"mean"` (masked mean of the last layer's states) or
+            `"attention"` (`AttentionPooling`: learned weights per token).
         name: str.
 
     Returns:
         A functional `keras.Model` from `token_ids` `[B, S]` int32 to
         `[B, output_dim or 2 * hidden_dim]`.
     """
+    if pooling not in ("mean", "attention"):
+        raise ValueError(f"`pooling` must be 'mean' or 'attention'; received {pooling!r}.")
+    if int(num_layers) < 1:
+        raise ValueError(f"`num_layers` must be >= 1; received {num_layers!r}.")
     # === Layers ===
     embedding = token_embedding(vocabulary_size, embedding_dim, embeddings_initializer)
-    lstm = keras.layers.Bidirectional(
-        keras.layers.LSTM(hidden_dim, return_sequences=True), name="bilstm"
-    )
+    lstms = [
+        keras.layers.Bidirectional(
+            keras.layers.LSTM(hidden_dim, return_sequences=True),
+            name="bilstm" if i == 0 else f"bilstm_{i + 1}",
+        )
+        for i in range(int(num_layers))
+    ]
+    if pooling == "attention":
+        pool = AttentionPooling(name="pooling")
+    else:
+        pool = MaskedPooling("mean", name="pooling")
     # === Functional Model ===
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     embedded = embedding(token_ids)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(embedded)
-    x = lstm(x)
-    x = MaskedPooling("mean", name="pooling")(x)
+    for lstm in lstms:
+        x = lstm(x)
+    x = pool(x)
     if embedding_skip:
         bag = MaskedPooling("mean", name="embedding_pooling")(embedded)
         x = keras.layers.Concatenate(name="skip")([x, bag])

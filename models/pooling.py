@@ -9,7 +9,14 @@ and the classifiers' max over the positions a Keras mask keeps.
 import keras
 from keras import ops
 
-__all__ = ["POOLING_MODES", "MaskedPooling", "l2_normalize", "masked_max", "masked_mean"]
+__all__ = [
+    "POOLING_MODES",
+    "AttentionPooling",
+    "MaskedPooling",
+    "l2_normalize",
+    "masked_max",
+    "masked_mean",
+]
 
 POOLING_MODES = ("mean", "cls", "max")
 
@@ -104,3 +111,68 @@ class MaskedPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "normalize": self.normalize}
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class AttentionPooling(keras.layers.Layer):
+    """Pools `[B, S, H]` into `[B, H]` by learned weights over the unmasked positions.
+
+    Self-attentive pooling (Lin et al. 2017, one head): each position gets a
+    score from a small feedforward net, the scores are softmaxed over the
+    real tokens, and the output is the weighted sum. Formula:
+
+    ```
+    e[b, s] = v . tanh(W x[b, s] + c)          (units > 0; else v . x[b, s])
+    a[b, s] = softmax_s(e[b, s]) over the positions where mask[b, s] is set
+    out[b]  = sum_s a[b, s] x[b, s]
+    ```
+
+    Padding never changes an output (masked positions get weight exactly 0),
+    and a row with no position pools to zeros. Takes the Keras mask of an
+    `Embedding(mask_zero=True)` upstream, or an explicit `padding_mask`.
+
+    Args:
+        units: int >= 0. Width of the scoring net's hidden layer (0: a linear
+            score).
+    """
+
+    def __init__(self, units=64, **kwargs):
+        super().__init__(**kwargs)
+        if int(units) < 0:
+            raise ValueError(f"`units` must be >= 0; received {units!r}.")
+        self.units = int(units)
+        self.supports_masking = True
+        # === Layers ===
+        self.hidden = (
+            keras.layers.Dense(self.units, activation="tanh", name="hidden")
+            if self.units
+            else None
+        )
+        self.score = keras.layers.Dense(1, use_bias=False, name="score")
+
+    def build(self, sequence_shape, padding_mask_shape=None):
+        width = sequence_shape[-1]
+        if self.hidden is not None:
+            self.hidden.build(sequence_shape)
+            width = self.units
+        self.score.build((*sequence_shape[:-1], width))
+
+    def call(self, sequence, padding_mask=None, mask=None):
+        mask = padding_mask if padding_mask is not None else mask
+        hidden = self.hidden(sequence) if self.hidden is not None else sequence
+        scores = ops.squeeze(self.score(hidden), axis=-1)
+        if mask is None:
+            return ops.sum(ops.expand_dims(ops.softmax(scores, axis=-1), -1) * sequence, axis=1)
+        keep = ops.cast(mask, "bool")
+        scores = ops.where(keep, scores, ops.cast(-1e9, scores.dtype))
+        weights = ops.softmax(scores, axis=-1) * ops.cast(keep, scores.dtype)
+        return ops.sum(ops.expand_dims(weights, -1) * sequence, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
+        return (sequence_shape[0], sequence_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

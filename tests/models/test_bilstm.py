@@ -4,6 +4,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from kd_keras.models.bilstm import build_bilstm_encoder, build_siamese_bilstm
 from kd_keras.models.heads import build_pair_model
@@ -17,6 +18,35 @@ def test_bilstm_encoder_ignores_padding():
     padded = encoder(ids).numpy()
     assert padded.shape == (1, 5)
     np.testing.assert_allclose(padded, short, atol=1e-6)
+
+
+def test_stacked_bilstm_with_attention_pooling(tmp_path):
+    encoder = build_bilstm_encoder(
+        50, 8, 6, output_dim=5, dropout=0.0, num_layers=2, pooling="attention"
+    )
+    names = [layer.name for layer in encoder.layers]
+    assert "bilstm" in names and "bilstm_2" in names
+    # The second layer reads the first one's states (2 x 6 wide).
+    assert encoder.get_layer("bilstm_2").forward_layer.cell.kernel.shape == (12, 24)
+    ids = np.array([[4, 9, 13, 0, 0, 0], [5, 0, 0, 0, 0, 0]], "int32")
+    full = encoder(ids).numpy()
+    np.testing.assert_allclose(encoder(ids[:, :3]).numpy(), full, atol=1e-6)
+    # Attention pooling of the last layer's states, by hand.
+    states = keras.Model(encoder.input, encoder.get_layer("bilstm_2").output)(ids).numpy()
+    pool = encoder.get_layer("pooling")
+    weights = np.tanh(states @ pool.hidden.kernel.numpy() + pool.hidden.bias.numpy())
+    e = np.where(ids > 0, weights @ pool.score.kernel.numpy()[:, 0], -np.inf)
+    a = np.exp(e - e.max(1, keepdims=True))
+    pooled = ((a / a.sum(1, keepdims=True))[..., None] * states).sum(1)
+    projection = encoder.get_layer("projection")
+    want = pooled @ projection.kernel.numpy() + projection.bias.numpy()
+    np.testing.assert_allclose(full, want, rtol=1e-4, atol=1e-5)
+    encoder.save(tmp_path / "e.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "e.keras")(ids), full, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling"):
+        build_bilstm_encoder(50, pooling="max")
+    with pytest.raises(ValueError, match="num_layers"):
+        build_bilstm_encoder(50, num_layers=0)
 
 
 def test_siamese_bilstm_scores_pairs_with_one_shared_tower():

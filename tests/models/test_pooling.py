@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from kd_keras.models.pooling import MaskedPooling, l2_normalize, masked_max, masked_mean
+from kd_keras.models.pooling import (
+    AttentionPooling,
+    MaskedPooling,
+    l2_normalize,
+    masked_max,
+    masked_mean,
+)
 
 
 @pytest.fixture
@@ -59,3 +65,49 @@ def test_config_round_trip():
     layer = MaskedPooling("max", normalize=True, name="pool")
     copy = MaskedPooling.from_config(layer.get_config())
     assert (copy.mode, copy.normalize, copy.name) == ("max", True, "pool")
+
+
+# === AttentionPooling ===
+
+
+def attention_pooling_numpy(layer, x, mask):
+    score = layer.score.kernel.numpy()[:, 0]
+    if layer.units:
+        hidden = np.tanh(x @ layer.hidden.kernel.numpy() + layer.hidden.bias.numpy())
+    else:
+        hidden = x
+    e = np.where(mask.astype(bool), hidden @ score, -np.inf)
+    out = np.zeros(x.shape[::2], "float32")
+    for b in range(len(x)):
+        if mask[b].any():
+            w = np.exp(e[b] - e[b].max())
+            out[b] = (w / w.sum()) @ x[b]
+    return out
+
+
+@pytest.mark.parametrize("units", [0, 3])
+def test_attention_pooling_matches_numpy(sequence, units):
+    x, mask = sequence
+    layer = AttentionPooling(units)
+    got = keras.ops.convert_to_numpy(layer(x, mask))
+    np.testing.assert_allclose(got, attention_pooling_numpy(layer, x, mask), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[2], 0.0)  # no position: zeros, not NaN
+    # Padding never counts: the masked positions may hold anything.
+    noisy = x.copy()
+    noisy[~mask.astype(bool)] = 1e3
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(noisy, mask)), got, rtol=1e-6)
+
+
+def test_attention_pooling_takes_the_keras_mask_and_round_trips(tmp_path):
+    ids = np.array([[4, 2, 7, 0, 0], [1, 3, 0, 0, 0]], "int32")
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 4, mask_zero=True)(inputs)
+    model = keras.Model(inputs, AttentionPooling(2, name="pool")(embedded))
+    full = keras.ops.convert_to_numpy(model(ids))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(ids[:, :3])), full, rtol=1e-6)
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    assert restored.get_layer("pool").units == 2
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(ids)), full, rtol=1e-6)
+    with pytest.raises(ValueError, match="units"):
+        AttentionPooling(-1)

@@ -10,6 +10,7 @@ from kd_keras.recipes.sentence_pairs.objectives import (
     BatchSimilarityLoss,
     BinaryPairLoss,
     GoldScoreMSE,
+    TeacherContrastiveLoss,
     objective_loss,
     teacher_pair_outputs,
 )
@@ -120,6 +121,49 @@ def test_batch_similarity_loss_gradient_and_config():
     assert isinstance(restored, BatchSimilarityLoss) and restored.weight == 0.5
     with pytest.raises(ValueError, match="weight"):
         BatchSimilarityLoss(-1.0)
+
+
+# === TeacherContrastiveLoss ===
+
+
+def contrastive_numpy(teacher, student, scale):
+    t = unit(np.asarray(teacher, np.float64).reshape(-1, teacher.shape[-1]))
+    s = unit(np.asarray(student, np.float64).reshape(-1, student.shape[-1]))
+    logits = scale * s @ t.T
+    same = (t @ t.T > 0.9999) & ~np.eye(len(t), dtype=bool)
+    losses = []
+    for i in range(len(t)):
+        row = logits[i][~same[i]]
+        losses.append(np.log(np.exp(row - row.max()).sum()) + row.max() - logits[i, i])
+    return np.mean(losses)
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+def test_teacher_contrastive_loss_matches_numpy(scale):
+    rng = np.random.default_rng(7)
+    teacher = rng.normal(size=(4, 2, 6)).astype(np.float32)
+    teacher[3, 1] = 2.0 * teacher[0, 0]  # one sentence twice in the batch: not its own negative
+    student = rng.normal(size=(4, 2, 6)).astype(np.float32)
+    got = float(TeacherContrastiveLoss(scale)(teacher, student))
+    assert got == pytest.approx(contrastive_numpy(teacher, student, scale), rel=1e-5)
+    # The teacher itself scores better than a random student, and direction is all that counts.
+    assert float(TeacherContrastiveLoss(scale)(teacher, 3.0 * teacher)) < got
+    output, loss = objective_loss("contrastive")
+    assert output == "embeddings" and isinstance(loss, TeacherContrastiveLoss)
+    with pytest.raises(ValueError, match="own loss"):
+        objective_loss("contrastive", temperature=2.0)
+
+
+def test_teacher_contrastive_loss_gradient_and_config():
+    teacher = tf.constant(np.random.default_rng(8).normal(size=(3, 2, 4)), tf.float32)
+    student = tf.Variable(tf.random.normal([3, 2, 4], seed=2))
+    with tf.GradientTape() as tape:
+        value = TeacherContrastiveLoss()(teacher, student)
+    assert np.all(np.isfinite(tape.gradient(value, student).numpy()))
+    restored = keras.losses.deserialize(keras.losses.serialize(TeacherContrastiveLoss(5.0)))
+    assert isinstance(restored, TeacherContrastiveLoss) and restored.scale == 5.0
+    with pytest.raises(ValueError, match="scale"):
+        TeacherContrastiveLoss(0.0)
 
 
 # === BinaryPairLoss ===

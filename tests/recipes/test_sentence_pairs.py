@@ -357,6 +357,55 @@ def test_streamed_labels_pair_sentences_anew_with_their_teacher_outputs(
     assert 0.85 < len(streamed) / (2 * 3 * steps * 8) <= 1.0  # most pairs are streamed ones
 
 
+def test_target_pca_centers_and_projects_the_teachers_targets(
+    tmp_path, make_tiny_teacher, minilm_vocabulary
+):
+    from kd_keras.labels import label_sentences
+    from kd_keras.models.bilstm import build_bilstm_encoder
+    from kd_keras.transfer import TransferSet
+
+    teacher = make_tiny_teacher(minilm_vocabulary, hidden_dim=8, sequence_length=64)
+    rng = np.random.default_rng(3)
+    words = ["cat", "dog", "tree", "red", "ran", "the", "a", "big"]
+    free = list({" ".join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(80)})
+    labels = tmp_path / "labels"
+    label_sentences(teacher, free, labels, "free", shard_size=16, progress=False)
+    gold_sentences = free[:10]
+    table = teacher_pass.run_teacher(teacher, gold_sentences)
+
+    # The fit, against NumPy: the table's rows then the shards', unit length, centered.
+    rows = np.concatenate([table, teacher_pass.run_teacher(teacher, free)])[:40]
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    mean, projection = training.target_transform(table, [labels], components=3, limit=40)
+    np.testing.assert_allclose(mean, unit.mean(0), atol=1e-6)
+    np.testing.assert_allclose(projection @ projection, projection, atol=1e-5)  # a projection
+    assert np.linalg.matrix_rank(projection, tol=1e-4) == 3
+    centered = unit - unit.mean(0)
+    kept = np.linalg.norm(centered @ projection) ** 2 / np.linalg.norm(centered) ** 2
+    top = np.linalg.svd(centered, compute_uv=False) ** 2
+    assert kept == pytest.approx(top[:3].sum() / top.sum(), rel=1e-4)  # the strongest 3
+    with pytest.raises(ValueError, match="target_pca=9"):
+        training.target_transform(table, [], components=9)
+
+    # What the student imitates: (t / |t| - mean) @ projection, at unit length.
+    pairs = TransferSet(gold_sentences, np.arange(5), np.arange(5, 10), np.arange(5, dtype="f"))
+    encoder = build_bilstm_encoder(
+        len(minilm_vocabulary), embedding_dim=4, hidden_dim=2, output_dim=8
+    )
+    c = sentence_pairs.DistillConfig(batch_size=4, sequence_length=64, target_pca=3)
+    dev = (free[:3], free[3:6], np.zeros(3, np.float32))
+    _, val, _ = training.pair_datasets(
+        c, pairs, (table, table[:6]), teacher.preprocessor, encoder, dev, labels=[labels]
+    )
+    mean, projection = training.target_transform(table, [labels], components=3)
+    dev_table = table[:6] / np.linalg.norm(table[:6], axis=1, keepdims=True)
+    want = (dev_table - mean) @ projection
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = np.concatenate([x["teacher_outputs"]["embeddings"].numpy() for x, _ in val])
+    np.testing.assert_allclose(got[:, 0], want[:3], atol=1e-5)
+    np.testing.assert_allclose(got[:, 1], want[3:], atol=1e-5)
+
+
 # === Refused before any expensive step, as one line with exit 2 ===
 
 

@@ -40,13 +40,14 @@ STUDENT_ARGUMENTS = (
 CHOICES = {
     "embedding_init": ("random", "teacher", "vocab"),
     "lr_schedule": ("cosine", "constant"),
-    "objective": ("embedding", "score", "soft_label", "relational"),
+    "objective": ("embedding", "score", "soft_label", "relational", "contrastive"),
     "teacher_precision": ("float32", "bfloat16"),
     "hard_loss": ("score", "binary"),
     "store": ("float32", "float16"),
     "distribute": ("none", "multi-worker"),
     "quantize": ("none", "int8"),
     "preset": ("none", "quality"),
+    "pooling": ("mean", "attention"),
 }
 
 # `--preset NAME`: settings under the config file and the flags (`DistillConfig.from_preset`).
@@ -119,12 +120,15 @@ class DistillConfig:
     student: str | typing.Callable = "bilstm"
     embedding_dim: int = 256
     hidden_dim: int = 128
+    bilstm_layers: int = 1
+    pooling: str = "mean"
     embedding_skip: bool = True
     dropout: float = 0.1
     bert_layers: int = 2
     bert_intermediate_dim: int = None
     embedding_init: str = "vocab"
     objective: str = "embedding"
+    target_pca: int = 0
     distillation_loss: str = None
     alpha: float = 1.0
     hard_loss: str = "score"
@@ -215,6 +219,7 @@ class DistillConfig:
                         "seed",
                         "steps_per_epoch",
                         "early_stopping",
+                        "target_pca",
                     ),
                     0,
                 ),
@@ -260,6 +265,7 @@ _AT_LEAST_ONE = (
     "max_pairs",
     "embedding_dim",
     "hidden_dim",
+    "bilstm_layers",
     "bert_layers",
     "bert_intermediate_dim",
     "epochs",
@@ -308,6 +314,9 @@ HELP = {
     "[batch, output_dim], L2-normalized by the recipe (example: examples/gru_student.py)",
     "embedding_dim": "token embedding width (BiLSTM, static, your own student's token_embeddings)",
     "hidden_dim": "BiLSTM units per direction",
+    "bilstm_layers": "stacked BiLSTM layers",
+    "pooling": "BiLSTM pooling of the last layer's states: mean, or attention (learned weights "
+    "per token, AttentionPooling)",
     "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
     "dropout": "BiLSTM dropout on the token embeddings (0 makes training deterministic, e.g. "
     "for comparing a multi-worker run with one process)",
@@ -317,8 +326,11 @@ HELP = {
     "embedding_init": "token embeddings of the BiLSTM, static and your own student: random, "
     "teacher (PCA of the teacher's) or vocab (vocabulary distillation: each token alone "
     "through the teacher, cached, then PCA)",
-    "objective": "embedding, score, soft_label or relational (embedding MSE plus the MSE of the "
-    "cosines between every two sentences of the batch)",
+    "objective": "embedding, score, soft_label, relational (embedding MSE plus the MSE of the "
+    "cosines between every two sentences of the batch) or contrastive (each sentence picks its "
+    "own teacher embedding among the batch's, InfoNCE at scale 20)",
+    "target_pca": "center the teacher's embeddings and keep their N strongest principal "
+    "directions before the student imitates them (tokenlearn's PCA of the targets; 0: off)",
     "distillation_loss": "override the objective's loss (a kd_keras.losses name)",
     "alpha": "weight of the distillation term (1 - alpha weights the gold score)",
     "hard_loss": "the gold term: score (MSE of the cosine to gold / max-score) or binary (0/1 "

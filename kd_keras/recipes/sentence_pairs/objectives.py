@@ -22,6 +22,7 @@ three outputs) returns the same from its own embeddings, through the same
 | `score` | `score` | `LogitMSE` (MSE of the cosines) |
 | `soft_label` | `logits` | `SoftTargetMSE(temperature)` (BERT-to-DSSM) or a KL |
 | `relational` | `embeddings` | `BatchSimilarityLoss` (embedding MSE + in-batch cosines) |
+| `contrastive` | `embeddings` | `TeacherContrastiveLoss` (in-batch InfoNCE on the teacher's) |
 
 The gold term is `GoldScoreMSE` between the student's cosine and the gold
 score divided by `max_score`; unlabeled pairs carry NaN and are left out.
@@ -40,6 +41,7 @@ __all__ = [
     "OBJECTIVES",
     "BatchSimilarityLoss",
     "BinaryPairLoss",
+    "TeacherContrastiveLoss",
     "GoldScoreMSE",
     "objective_loss",
     "pair_training_model",
@@ -51,6 +53,7 @@ OBJECTIVES = {
     "score": "score",
     "soft_label": "logits",
     "relational": "embeddings",
+    "contrastive": "embeddings",
 }
 
 
@@ -182,6 +185,56 @@ class BatchSimilarityLoss(keras.losses.Loss):
         return {"weight": self.weight, "name": self.name}
 
 
+@keras.saving.register_keras_serializable(package="kd_keras")
+class TeacherContrastiveLoss(keras.losses.Loss):
+    """In-batch contrastive loss of the student's embeddings against the teacher's.
+
+    Each of the batch's `N = 2B` sentences must pick its own teacher
+    embedding among all the teacher embeddings of the batch (InfoNCE, as
+    tokenlearn's contrastive variant): what counts is the direction of the
+    student's embedding relative to the others, not its exact coordinates.
+    Formula, with `S, T` the student's and the teacher's unit-length `[N, D]`
+    embeddings and `c_ij = scale * S_i . T_j`:
+
+    ```
+    mean_i [ -c_ii + log sum_j m_ij exp(c_ij) ]
+    ```
+
+    `m_ij = 0` for `j != i` when sentence `j` is the same as `i` (teacher
+    cosine above 0.9999: a sentence in two pairs of the batch is not its own
+    negative), else 1.
+
+    Args:
+        scale: float > 0. Inverse temperature of the softmax (20: 1 / 0.05).
+        name: str.
+
+    Inputs: `y_true`, `y_pred` `[B, 2, D]` (the pair model's `embeddings`).
+    """
+
+    def __init__(self, scale=20.0, name="teacher_contrastive"):
+        super().__init__(name=name, reduction="none", dtype="float32")
+        if not float(scale) > 0.0:
+            raise ValueError(f"`scale` must be a number > 0; received {scale!r}.")
+        self.scale = float(scale)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("TeacherContrastiveLoss takes no sample weights.")
+        depth = tf.shape(y_pred)[-1]
+        teacher = tf.math.l2_normalize(tf.reshape(tf.cast(y_true, tf.float32), [-1, depth]), -1)
+        student = tf.math.l2_normalize(tf.reshape(tf.cast(y_pred, tf.float32), [-1, depth]), -1)
+        logits = self.scale * tf.matmul(student, teacher, transpose_b=True)
+        n = tf.shape(logits)[0]
+        same = tf.matmul(teacher, teacher, transpose_b=True) > 0.9999
+        duplicate = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
+        logits = tf.where(duplicate, tf.cast(-1e9, logits.dtype), logits)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.range(n), logits)
+        return _scale_for_distribution(tf.reduce_mean(losses))
+
+    def get_config(self):
+        return {"scale": self.scale, "name": self.name}
+
+
 def pair_training_model(encoder, scale=10.0, threshold=0.0, name="pair_student"):
     """The student's pair model for training: one shared tower, the three outputs.
 
@@ -223,7 +276,8 @@ def objective_loss(objective, distillation_loss=None, temperature=None):
     """`(distill_output, loss object)` for an objective name.
 
     Args:
-        objective: `"embedding"`, `"score"`, `"soft_label"` or `"relational"`.
+        objective: `"embedding"`, `"score"`, `"soft_label"`, `"relational"` or
+            `"contrastive"`.
         distillation_loss: `None` for the objective's default, or a
             `kd_keras.losses` name (e.g. `"forward_kl"` for `soft_label`).
         temperature: float or `None`, for the temperature losses (an error
@@ -235,6 +289,10 @@ def objective_loss(objective, distillation_loss=None, temperature=None):
         if distillation_loss is not None or temperature is not None:
             raise ValueError("The 'relational' objective has its own loss and no temperature.")
         return OBJECTIVES[objective], BatchSimilarityLoss()
+    if objective == "contrastive":
+        if distillation_loss is not None or temperature is not None:
+            raise ValueError("The 'contrastive' objective has its own loss and no temperature.")
+        return OBJECTIVES[objective], TeacherContrastiveLoss()
     if distillation_loss is None:
         distillation_loss = "soft_target_mse" if objective == "soft_label" else "logit_mse"
     if objective != "soft_label" and distillation_loss != "logit_mse":

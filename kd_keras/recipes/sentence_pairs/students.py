@@ -336,4 +336,6 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
             normalize=True,
             embedding_skip=c.embedding_skip,
             dropout=c.dropout,
+            num_layers=c.bilstm_layers,
+            pooling=c.pooling,
         ), seconds

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_keras.batching import bucket_by_length
-from kd_keras.labels import labels_dataset
+from kd_keras.labels import labels_dataset, read_labels
 from kd_keras.progress import log
 from kd_keras.recipes.sentence_pairs.objectives import teacher_pair_outputs
 
@@ -35,6 +35,7 @@ __all__ = [
     "StepHistory",
     "compiled_distiller",
     "pair_datasets",
+    "target_transform",
     "train",
 ]
 
@@ -96,10 +97,55 @@ def _streamed_pairs(pack, labels, seed):
     return pairs, rows // 2
 
 
-def _to_batches(ds, c, encoder):
+def target_transform(table, labels=(), components=0, limit=20000):
+    """`(mean, projection)` of the teacher's targets for `target_pca` (tokenlearn's PCA).
+
+    Fitted on up to `limit` unit-length teacher embeddings of the transfer
+    set (the in-memory table first, then the labels folders' shards in
+    order). A target `t` becomes `(t / |t| - mean) @ projection`: centered,
+    and kept to its `components` strongest principal directions (the width
+    stays the teacher's, so the student and its exports keep theirs; only
+    the directions of the targets change).
+
+    Args:
+        table: float `[N, D]`: the teacher's embeddings held in memory.
+        labels: labels folders (`kd_keras.labels`).
+        components: int in `[1, D]`.
+        limit: int. Embeddings fitted on.
+
+    Returns:
+        `(mean [D], projection [D, D])` float32 arrays.
+    """
+    rows = [np.asarray(table, np.float32)[:limit]]
+    count = len(rows[0])
+    for folder in labels:
+        for _, embeddings in read_labels(folder):
+            if count >= limit:
+                break
+            rows.append(embeddings[: limit - count])
+            count += len(rows[-1])
+    x = np.concatenate(rows).astype(np.float64)
+    width = x.shape[1]
+    if not 1 <= components <= width:
+        raise ValueError(f"target_pca={components}: expected 1 to the teacher's width, {width}.")
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    basis = vt[:components]
+    return mean.astype(np.float32), (basis.T @ basis).astype(np.float32)
+
+
+def _to_batches(ds, c, encoder, transform=None):
     to_student = _student_inputs_fn(encoder)
+    if transform is not None:
+        mean, projection = (tf.constant(v) for v in transform)
 
     def batch(a, b, ea, eb, y):
+        if transform is not None:
+            ea, eb = (
+                tf.matmul(tf.math.l2_normalize(tf.cast(e, tf.float32), -1) - mean, projection)
+                for e in (ea, eb)
+            )
         x = {
             "student": {"sentence_a": to_student(a), "sentence_b": to_student(b)},
             "teacher_outputs": teacher_pair_outputs(
@@ -163,9 +209,12 @@ def pair_datasets(c, pairs, tables, preprocessor, encoder, dev, labels=()):
     )
     val = val.map(element).padded_batch(c.batch_size)
     steps = -(-total // c.batch_size)
+    transform = None
+    if c.target_pca:
+        transform = target_transform(table, labels, c.target_pca)
     return (
-        _to_batches(train, c, encoder).prefetch(2),
-        _to_batches(val, c, encoder).prefetch(2),
+        _to_batches(train, c, encoder, transform).prefetch(2),
+        _to_batches(val, c, encoder, transform).prefetch(2),
         steps,
     )
 
