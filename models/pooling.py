@@ -144,9 +144,7 @@ class AttentionPooling(keras.layers.Layer):
         self.supports_masking = True
         # === Layers ===
         self.hidden = (
-            keras.layers.Dense(self.units, activation="tanh", name="hidden")
-            if self.units
-            else None
+            keras.layers.Dense(self.units, activation="tanh", name="hidden") if self.units else None
         )
         self.score = keras.layers.Dense(1, use_bias=False, name="score")
 
