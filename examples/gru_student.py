@@ -25,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+# --8<-- [start:student]
 def build(vocabulary_size, output_dim, token_embeddings=None, embedding_dim=128, units=128):
     """A BiGRU over token embeddings, mean-pooled over the real tokens, projected.
 
@@ -53,6 +54,9 @@ def build(vocabulary_size, output_dim, token_embeddings=None, embedding_dim=128,
     if token_embeddings is not None:
         embedding.set_weights([np.asarray(token_embeddings, "float32")])
     return model
+
+
+# --8<-- [end:student]
 
 
 if __name__ == "__main__":

@@ -182,6 +182,7 @@ class Distiller(keras.Model):
     summed gradients are the global batch's.
 
     Inputs `x` of a batch may be:
+
     - anything the student takes; the teacher gets the same;
     - a dict with `"teacher"` and `"student"` entries, when the two take
       different inputs (WordPiece ids for a BERT teacher, other ids for an
