@@ -33,6 +33,7 @@ __all__ = ["Distiller", "losses", "register_custom_objects", "__version__"]
 
 def __getattr__(name):
     if name == "Distiller":
+        # On first use: every `kd_keras.*` import runs this package, so it stays free of Keras.
         from kd_keras.distiller import Distiller
 
         return Distiller

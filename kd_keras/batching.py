@@ -14,6 +14,7 @@ ones. Two forms, one idea:
 """
 
 import numpy as np
+import tensorflow as tf
 
 __all__ = ["TRAIN_BUCKETS", "BucketedBatches", "bucket_by_length", "length_batches"]
 
@@ -95,8 +96,6 @@ class BucketedBatches:
 
     def dataset(self, output_signature):
         """A `tf.data.Dataset` of the batches (a new order on each pass)."""
-        import tensorflow as tf
-
         dataset = tf.data.Dataset.from_generator(
             lambda: iter(self), output_signature=output_signature
         )

@@ -12,6 +12,9 @@
 - `StopOnNonFiniteLoss` ends training with a `NonFiniteLossError` at the first
   step whose loss is NaN or infinite, before any checkpoint or export of the
   broken weights.
+- `training_progress` reports the epochs the user asked for, however many
+  checkpoint chunks `fit` runs them in (`kd_keras.progress`: a bar on a
+  terminal, plain periodic lines in a log).
 """
 
 import json
@@ -21,9 +24,10 @@ import re
 
 import keras
 
+from kd_keras.progress import log, progress_bar
 from kd_keras.storage import atomic_path, write_json_atomic
 
-__all__ = ["NonFiniteLossError", "ResumableBackup", "StopOnNonFiniteLoss"]
+__all__ = ["NonFiniteLossError", "ResumableBackup", "StopOnNonFiniteLoss", "training_progress"]
 
 _CHECKPOINT = re.compile(r"^epoch-(\d{6})\.(json|weights\.h5)$")
 
@@ -161,3 +165,53 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             match = _CHECKPOINT.match(path.name)
             if match and which(int(match.group(1))):
                 path.unlink(missing_ok=True)
+
+
+def training_progress(epochs, chunks_per_epoch, steps_per_chunk, enabled=True, interval=30.0):
+    """A Keras callback that reports `epochs` epochs run as `fit` chunks.
+
+    `fit` may run each epoch as `chunks_per_epoch` shorter Keras epochs (one
+    checkpoint each); this shows "epoch 2/4" where Keras would show
+    "Epoch 6/16": a bar per epoch on a terminal, periodic plain lines and one
+    line per epoch (losses and validation losses) in a log.
+
+    Args:
+        epochs: int. Epochs the user asked for.
+        chunks_per_epoch: int. Keras epochs per epoch.
+        steps_per_chunk: int. Steps of each Keras epoch.
+        enabled: bool. `False` reports nothing.
+        interval: float. Seconds between plain lines.
+    """
+
+    class _TrainingProgress(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.bar = None
+
+        def on_epoch_begin(self, chunk, logs=None):
+            # A new epoch, or the first chunk after a resume mid-epoch.
+            if enabled and (chunk % chunks_per_epoch == 0 or self.bar is None):
+                epoch = chunk // chunks_per_epoch + 1
+                chunks_left = chunks_per_epoch - chunk % chunks_per_epoch
+                self.bar = progress_bar(
+                    chunks_left * steps_per_chunk,
+                    f"epoch {epoch}/{epochs}",
+                    unit="step",
+                    interval=interval,
+                )
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.bar is not None:
+                self.bar.update(1)
+                if logs and "loss" in logs:
+                    self.bar.set_postfix_str(f"loss {float(logs['loss']):.4g}")
+
+        def on_epoch_end(self, chunk, logs=None):
+            if self.bar is None or (chunk + 1) % chunks_per_epoch:
+                return
+            self.bar.close()
+            self.bar = None
+            values = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
+            log(f"epoch {(chunk + 1) // chunks_per_epoch}/{epochs}: {values}")
+
+    return _TrainingProgress()

@@ -42,6 +42,8 @@ import os
 import pathlib
 import tempfile
 
+import tensorflow as tf
+
 __all__ = [
     "STRATEGIES",
     "check_tf_config",
@@ -133,8 +135,6 @@ def strategy(name="none"):
         raise ValueError(f"Unknown --distribute {name!r}; expected one of {list(STRATEGIES)}.")
     if name == "multi-worker":
         check_tf_config()
-    import tensorflow as tf
-
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -212,8 +212,6 @@ def shard_global_batches(dataset):
     Returns:
         The same `tf.data.Dataset` with the option set.
     """
-    import tensorflow as tf
-
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)

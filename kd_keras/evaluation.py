@@ -1,4 +1,10 @@
-"""Quality and speed measurements for reports: correlations, throughput, the machine."""
+"""Quality and speed measurements for reports: correlations, throughput, the machine.
+
+The correlations are `kd_keras.correlation`'s (pure NumPy), exported here too.
+Raw-text SavedModels are loaded through `kd_keras.serving.load_text_export`;
+the `*_in_subprocess` functions run the same measurements in a fresh Python
+process (`python -m kd_keras.evaluation REQUEST RESULT`).
+"""
 
 import importlib
 import json
@@ -10,6 +16,12 @@ import tempfile
 import time
 
 import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from kd_keras import serving
+from kd_keras.correlation import pearson, rank, spearman
+from kd_keras.models.heads import cosine_similarity
 
 __all__ = [
     "compare_throughput",
@@ -44,37 +56,7 @@ def cpu_description():
 
 def machine_description():
     """`cpu_description()` and the TensorFlow version."""
-    import tensorflow as tf
-
     return f"{cpu_description()}, TensorFlow {tf.__version__}"
-
-
-def rank(x):
-    """Ranks from 0, ties sharing their average rank (as `scipy.stats.rankdata - 1`)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    # Start index of each run of equal values, and the run each item is in.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)] - 1
-    run = np.cumsum(np.r_[True, sorted_x[1:] != sorted_x[:-1]]) - 1
-    ranks = np.empty(len(x))
-    ranks[order] = ((starts + ends) / 2.0)[run]
-    return ranks
-
-
-def pearson(a, b):
-    """Pearson correlation of two 1-D arrays."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"Need two arrays of equal length >= 2; got {len(a)} and {len(b)}.")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def spearman(a, b):
-    """Spearman rank correlation (Pearson of the tie-averaged ranks)."""
-    return pearson(rank(a), rank(b))
 
 
 def throughput(fn, sentences, batch_size=64, warmup=1, min_seconds=2.0, max_batches=None):
@@ -122,11 +104,7 @@ def text_embedder(model):
     if isinstance(model, dict):
         module, _, name = model["factory"].partition(":")
         return getattr(importlib.import_module(module), name)(**model.get("kwargs", {}))
-    import tensorflow as tf
-
-    from kd_keras.serving import load_text_export
-
-    embed = load_text_export(model).signatures["embed"]
+    embed = serving.load_text_export(model).signatures["embed"]
     return lambda batch: embed(sentences=tf.constant(batch))
 
 
@@ -265,11 +243,7 @@ def evaluate_text_export(
         `latency_calls` a `latency` dict (`p50_ms`, `p99_ms`, `calls`).
     """
     if _is_export(model):
-        import tensorflow as tf
-
-        from kd_keras.serving import load_text_export
-
-        loaded = load_text_export(model)
+        loaded = serving.load_text_export(model)
         similarity = loaded.signatures["similarity"]
         signature = loaded.signatures["embed"]
 
@@ -280,10 +254,6 @@ def evaluate_text_export(
             out = similarity(sentence_a=tf.constant(a), sentence_b=tf.constant(b))
             return out["score"].numpy()
     else:
-        from keras import ops
-
-        from kd_keras.models.heads import cosine_similarity
-
         embed = text_embedder(model)
 
         def batch_scores(a, b):
@@ -332,11 +302,7 @@ def embed_text_export(model, sentences, batch_size=64, progress=None):
         ValueError: the export has no `embed` signature.
     """
     if _is_export(model):
-        import tensorflow as tf
-
-        from kd_keras.serving import load_text_export
-
-        signatures = load_text_export(model).signatures
+        signatures = serving.load_text_export(model).signatures
         if "embed" not in signatures:
             raise ValueError(
                 f"{model}: the export has no `embed` signature (it has "

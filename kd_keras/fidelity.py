@@ -32,7 +32,7 @@ assert r["spearman"] == 100.0 and r["recall_at_k"] == 100.0
 
 import numpy as np
 
-from kd_keras.evaluation import spearman
+from kd_keras.correlation import spearman
 
 __all__ = [
     "NEIGHBOURS",

@@ -32,26 +32,23 @@ minimum cosine between the two embeddings of the first 256 sentences
 `label_files(teacher, patterns, ...)` labels text files (one sentence per
 line, `.gz` too, blank lines skipped; `kd_keras.data.iter_corpus`), keyed by
 the files' bytes. `read_labels(output_dir)` yields the verified shards back;
-`labels_dataset` streams them into `tf.data` for training.
+`labels_dataset` streams them into `tf.data` for training. The shard files
+themselves are `kd_keras.label_shards`' (`read_shard`, also exported here).
 """
 
 import dataclasses
 import itertools
+import json
 import pathlib
 import time
 
-import numpy as np
+import tensorflow as tf
 
+from kd_keras import teacher_pass
+from kd_keras.data import corpus_files, iter_corpus
+from kd_keras.label_shards import STORES, read_shard, save_shard
 from kd_keras.progress import log, progress_bar
-from kd_keras.storage import (
-    CacheError,
-    Fingerprint,
-    file_sha256,
-    read_arrays,
-    write_arrays,
-    write_json_atomic,
-)
-from kd_keras.teacher_pass import PRECISIONS
+from kd_keras.storage import CacheError, Fingerprint, file_sha256, write_json_atomic
 
 __all__ = [
     "LABELS_FORMAT",
@@ -70,7 +67,6 @@ __all__ = [
 
 LABELS_FORMAT = "kd_keras.labels.v1"
 MANIFEST = "manifest.json"
-STORES = ("float32", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +110,6 @@ def read_manifest(output_dir):
     Raises:
         CacheError: the manifest is not valid JSON or not of this format.
     """
-    import json
-
     path = pathlib.Path(output_dir) / MANIFEST
     if not path.exists():
         return None
@@ -179,8 +173,6 @@ def label_sentences(
     Returns:
         A `LabelResult`.
     """
-    from kd_keras.teacher_pass import precision_agreement, run_teacher
-
     settings = _settings(shard_size, store, batch_size, precision)
     start = time.perf_counter()
     directory = pathlib.Path(output_dir)
@@ -195,11 +187,13 @@ def label_sentences(
         if not chunk:
             break
         if index == 0 and precision != "float32":
-            agreement = precision_agreement(teacher, chunk, precision, batch_size=batch_size)
+            agreement = teacher_pass.precision_agreement(
+                teacher, chunk, precision, batch_size=batch_size
+            )
             manifest["precision_agreement"] = agreement
         entry = usable.get(index)
         if entry is None or entry["rows"] != [manifest["rows"], manifest["rows"] + len(chunk)]:
-            entry = _write_shard(directory, index, chunk, teacher, run_teacher, settings, manifest)
+            entry = _write_shard(directory, index, chunk, teacher, settings, manifest)
         else:
             manifest["dim"] = manifest["dim"] or entry.get("dim")
         manifest["shards"].append(entry)
@@ -224,8 +218,10 @@ def _settings(shard_size, store, batch_size, precision="float32"):
     """The manifest's `settings`, checked."""
     if store not in STORES:
         raise ValueError(f"`store` must be one of {STORES}; received {store!r}.")
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {PRECISIONS}; received {precision!r}.")
+    if precision not in teacher_pass.PRECISIONS:
+        raise ValueError(
+            f"`precision` must be one of {teacher_pass.PRECISIONS}; received {precision!r}."
+        )
     if int(shard_size) < 1 or int(batch_size) < 1:
         raise ValueError("`shard_size` and `batch_size` must be at least 1.")
     return {
@@ -264,40 +260,13 @@ def _finish(directory, manifest):
     write_json_atomic(directory / MANIFEST, manifest)
 
 
-def _write_shard(directory, index, chunk, teacher, run_teacher, settings, manifest):
-    embeddings = run_teacher(
+def _write_shard(directory, index, chunk, teacher, settings, manifest):
+    embeddings = teacher_pass.run_teacher(
         teacher, chunk, batch_size=settings["batch_size"], precision=settings["precision"]
     )
-    entry = _save_shard(directory, index, manifest["rows"], chunk, embeddings, settings["store"])
+    entry = save_shard(directory, index, manifest["rows"], chunk, embeddings, settings["store"])
     manifest["dim"] = entry["dim"]
     return entry
-
-
-def _save_shard(directory, index, start, sentences, embeddings, store):
-    """Writes shard `index` (rows `start`...) atomically; returns its manifest entry."""
-    embeddings = np.asarray(embeddings).astype(store)
-    name = f"shard-{index:05d}.npz"
-    rows = [start, start + len(sentences)]
-    write_arrays(directory / name, {**_encode(sentences), "embeddings": embeddings}, {"rows": rows})
-    return {
-        "file": name,
-        "rows": rows,
-        "dim": int(embeddings.shape[-1]),
-        "sha256": file_sha256(directory / name),
-    }
-
-
-def _encode(sentences):
-    """Sentences as UTF-8 bytes and offsets (a fixed-width string array would pad
-    every row to the longest sentence)."""
-    encoded = [s.encode("utf-8") for s in sentences]
-    offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
-    return {"text": np.frombuffer(b"".join(encoded), dtype=np.uint8), "offsets": offsets}
-
-
-def _decode(text, offsets):
-    data = text.tobytes()
-    return [data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def label_files(teacher, patterns, output_dir, limit=None, **kwargs):
@@ -313,8 +282,6 @@ def label_files(teacher, patterns, output_dir, limit=None, **kwargs):
         limit: int or `None`. At most this many sentences, in file order.
         **kwargs: passed to `label_sentences`.
     """
-    from kd_keras.data import iter_corpus
-
     files, fingerprint, description = _corpus_inputs(patterns, limit)
     total = sum(1 for _ in iter_corpus(files, limit)) if kwargs.get("progress", True) else None
     return label_sentences(
@@ -335,23 +302,8 @@ def _finished_manifest(directory):
     return manifest
 
 
-def read_shard(output_dir, entry):
-    """`(sentences, float32 embeddings)` of one manifest entry, verified by checksum.
-
-    Raises:
-        CacheError: the shard is missing or fails its checksum.
-    """
-    path = pathlib.Path(output_dir) / entry["file"]
-    if not path.is_file() or file_sha256(path) != entry["sha256"]:
-        raise CacheError(f"{path} is missing or fails its checksum. Label the folder again.")
-    _, arrays = read_arrays(path)
-    return _decode(arrays["text"], arrays["offsets"]), arrays["embeddings"].astype(np.float32)
-
-
 def _corpus_inputs(patterns, limit):
     """`(files, input fingerprint, inputs description)` of text files read up to `limit`."""
-    from kd_keras.data import corpus_files
-
     files = corpus_files(patterns)
     description = {"files": [str(f) for f in files], "limit": limit}
     return files, file_fingerprint(files, limit=limit), description
@@ -370,8 +322,6 @@ def read_labels(output_dir):
 
 def _rows_spec(value):
     """The type spec of `value` with any number of rows."""
-    import tensorflow as tf
-
     shape = [None, *value.shape[1:]]
     if isinstance(value, tf.RaggedTensor):
         return tf.RaggedTensorSpec(shape, value.dtype, value.ragged_rank, value.row_splits.dtype)
@@ -403,8 +353,6 @@ def labels_dataset(output_dirs, encode, shuffle=True, seed=0, cycle_length=2):
             one when the pipeline reaches it.
         ValueError: the folders' embedding widths differ.
     """
-    import tensorflow as tf
-
     shards = []
     for directory in map(pathlib.Path, output_dirs):
         manifest = _finished_manifest(directory)

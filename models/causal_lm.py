@@ -25,7 +25,10 @@ import json
 import pathlib
 import re
 
+import keras
+import keras_hub
 import numpy as np
+import tensorflow as tf
 
 __all__ = [
     "END_OF_TEXT",
@@ -198,8 +201,6 @@ def build_gpt2_tokenizer(vocabulary, merges, sequence_length=None):
     Returns:
         `keras_hub.models.GPT2Tokenizer`.
     """
-    import keras_hub
-
     if isinstance(vocabulary, dict) and END_OF_TEXT not in vocabulary:
         raise ValueError(f"The vocabulary must contain {END_OF_TEXT!r}.")
     return keras_hub.models.GPT2Tokenizer(
@@ -257,9 +258,6 @@ def build_gpt2_causal_lm(
     Returns:
         `keras_hub.models.GPT2CausalLM`.
     """
-    import keras
-    import keras_hub
-
     if hidden_dim % num_heads:
         raise ValueError(
             f"`hidden_dim` ({hidden_dim}) must be a multiple of `num_heads` ({num_heads})."
@@ -299,8 +297,6 @@ def load_causal_lm(directory, **kwargs):
     Returns:
         A `keras_hub.models.CausalLM` (e.g. `GPT2CausalLM`, `QwenCausalLM`).
     """
-    import keras_hub
-
     directory = pathlib.Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(
@@ -450,8 +446,6 @@ def masked_perplexity(model, inputs, labels, batch_size=64):
         dict with `perplexity`, `nll` (mean negative log-likelihood, nats)
         and `tokens` (the number of kept positions).
     """
-    import tensorflow as tf
-
     total, count = 0.0, 0
     n = len(labels)
     for start in range(0, n, batch_size):

@@ -27,7 +27,14 @@ rotation of the centred rows, distances unchanged - and the remaining
 columns are zeros.
 """
 
+import keras
+import keras_hub
 import numpy as np
+import tensorflow as tf
+
+from .bert_encoder import BertEncoder
+from .heads import pool_encoder_outputs
+from .teachers import Teacher
 
 __all__ = [
     "INITS",
@@ -214,8 +221,6 @@ def token_forward(teacher, cls_token_id, sep_token_id, fused=True):
         A traced `tf.function` from int32 ids `[batch]` to the teacher's
         outputs for those inputs (`[batch, dim]` for a pooled teacher).
     """
-    import tensorflow as tf
-
     encoder = _fusable_encoder(teacher) if fused else None
 
     def forward(ids):
@@ -242,12 +247,6 @@ def _fusable_encoder(teacher):
     Only the exact classes whose computation `_fused_bert_outputs` repeats
     qualify (a subclass may change its graph).
     """
-    import keras
-    import keras_hub
-
-    from .bert_encoder import BertEncoder
-    from .teachers import Teacher
-
     if type(teacher) is not Teacher or teacher.pooling is None:
         return None
     encoder = teacher.encoder
@@ -268,10 +267,6 @@ def _fusable_encoder(teacher):
 
 def _fused_bert_outputs(teacher, encoder, token_ids):
     """The `Teacher`'s pooled outputs on `token_ids` `[batch, 3]` (no padding)."""
-    import tensorflow as tf
-
-    from .heads import pool_encoder_outputs
-
     tokens = encoder.token_embedding(token_ids)
     segments = encoder.segment_embedding(tf.zeros_like(token_ids))
     x = encoder.embeddings_layer_norm(tokens + encoder.position_embedding(tokens) + segments)
@@ -289,8 +284,6 @@ def _fused_bert_outputs(teacher, encoder, token_ids):
 
 def _fused_block(block, x, length):
     """`keras_hub.layers.TransformerEncoder.call` on rows `[batch * length, width]`, unmasked."""
-    import tensorflow as tf
-
     attention = block._self_attention_layer
     residual = x
     if block.normalize_first:

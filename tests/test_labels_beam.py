@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +22,13 @@ def labels_beam():
     from kd_keras import labels_beam
 
     return labels_beam
+
+
+@pytest.fixture
+def beam_worker(labels_beam):
+    from kd_keras import labels_beam_worker
+
+    return labels_beam_worker
 
 
 @pytest.fixture
@@ -52,7 +60,7 @@ def _manifest(directory):
 
 @pytest.mark.parametrize("shard_size", [1, 5, 16, 20, 51, 100])
 @pytest.mark.parametrize("limit", [None, 1, 19, 20, 21, 50])
-def test_each_shard_reads_exactly_its_rows(labels_beam, corpus, shard_size, limit):
+def test_each_shard_reads_exactly_its_rows(labels_beam, beam_worker, corpus, shard_size, limit):
     files, _ = corpus
     expected = list(iter_corpus(files, limit))
     counts = labels_beam._sentence_counts(files, limit)
@@ -61,10 +69,18 @@ def test_each_shard_reads_exactly_its_rows(labels_beam, corpus, shard_size, limi
     got = []
     for _, start, segments in plan:
         assert start == len(got)
-        rows = labels_beam._read_rows(segments)
+        rows = beam_worker.read_rows(segments)
         assert 0 < len(rows) <= shard_size
         got += rows
     assert got == expected
+
+
+def test_the_workers_module_loads_no_tensorflow(beam_worker):
+    # Each worker imports it to unpickle `LabelShard`, before `setup` quiets TensorFlow.
+    code = "import sys, kd_keras.labels_beam_worker\nprint('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_default_pipeline_options(labels_beam):
@@ -80,7 +96,7 @@ def test_default_pipeline_options(labels_beam):
 
 @pytest.mark.slow
 def test_beam_writes_the_in_process_folder_and_resumes_it(
-    labels_beam, make_tiny_teacher, corpus, tmp_path, capsys
+    labels_beam, beam_worker, make_tiny_teacher, corpus, tmp_path, capsys
 ):
     files, sentences = corpus
     teacher = make_tiny_teacher(hidden_dim=8, intermediate_dim=16, sequence_length=32)
@@ -113,7 +129,7 @@ def test_beam_writes_the_in_process_folder_and_resumes_it(
     kept = {e["file"]: e["sha256"] for e in got["shards"] if e["file"] != "shard-00002.npz"}
     (beam / "shard-00002.npz").unlink()
     for index in (1, 3):
-        path = labels_beam._entry_path(beam / labels_beam.WORK_DIR, index)
+        path = beam_worker.entry_path(beam / labels_beam.WORK_DIR, index)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"key": got["key"], "entry": got["shards"][index]})
     killed = {**got, "complete": False, "shards": got["shards"][:1], "rows": 16}

@@ -2,7 +2,7 @@
 
 import io
 
-from kd_keras import progress
+from kd_keras import checkpoints, progress
 
 
 def test_log_file_gets_plain_periodic_lines(monkeypatch):
@@ -33,7 +33,7 @@ def test_progress_bar_is_plain_lines_off_a_terminal(monkeypatch):
 def test_training_progress_counts_the_epochs_asked_for(monkeypatch, capsys):
     monkeypatch.setattr(progress, "is_terminal", lambda stream=None: False)
     # 2 epochs, each run by `fit` as 4 Keras epochs ("chunks") of 3 steps.
-    callback = progress.training_progress(epochs=2, chunks_per_epoch=4, steps_per_chunk=3)
+    callback = checkpoints.training_progress(epochs=2, chunks_per_epoch=4, steps_per_chunk=3)
     for chunk in range(8):
         callback.on_epoch_begin(chunk)
         for step in range(3):
@@ -49,7 +49,7 @@ def test_training_progress_counts_the_epochs_asked_for(monkeypatch, capsys):
     assert "[kd-keras] epoch 2/2: 12/12 step" in printed
 
     # Resumed in the middle of epoch 2 (chunk 6 of 8): that epoch's remaining steps.
-    callback = progress.training_progress(epochs=2, chunks_per_epoch=4, steps_per_chunk=3)
+    callback = checkpoints.training_progress(epochs=2, chunks_per_epoch=4, steps_per_chunk=3)
     for chunk in (6, 7):
         callback.on_epoch_begin(chunk)
         for step in range(3):

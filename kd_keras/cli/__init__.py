@@ -1,13 +1,16 @@
-"""The `kd-keras` command line: parse, then dispatch to one subcommand.
+"""The `kd-keras` command line: parse, check, then dispatch to one subcommand.
 
-Every subcommand follows one pattern: `add_arguments(parser)` and
-`run(args)`, and optionally `check(args)`: cheap checks of its inputs (files
-that must exist), run before TensorFlow is imported. The recipe commands
-(`distill`, `distill-classifier`, `distill-lm`) build their flags from the
-recipe's `Config` and `HELP` (`kd_keras.recipes.config`); `embed`,
-`evaluate` and `export` are modules of this package. A subcommand's module
-is imported only when that subcommand runs (or its `--help` is asked for),
-and TensorFlow only inside `run`, so `kd-keras --help` returns at once.
+Every subcommand is two modules (`SUBCOMMANDS`): its parser module, free of
+TensorFlow, with `add_arguments(parser)` and optionally `check(args)` (cheap
+checks of its inputs: settings, files that must exist), and its run module,
+with `run(args)`. The recipe commands (`distill`, `distill-classifier`,
+`distill-lm`) take their flags from the recipe package's `Config` and `HELP`
+(`kd_keras.recipes.config`), check the settings (`Config.validate`) and run
+the recipe's `job`. A subcommand's parser module is imported only when that
+subcommand is named (or its `--help` is asked for); its run module, where
+TensorFlow loads, only once the checks have passed (the dispatch's one
+deferred import, just after `quiet_tensorflow`). So `kd-keras --help` returns
+at once, and a bad flag or a missing file is reported before TensorFlow starts.
 
 Exit codes, the same for every subcommand: 0 done; 2 a usage error or a bad
 input (a missing or malformed file, a bad setting), reported as one line
@@ -22,64 +25,109 @@ back, and shows the whole traceback of an error.
 import argparse
 import importlib
 import os
+import re
 import sys
+import tempfile
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+from kd_keras import __version__
+from kd_keras.data import DataError
+from kd_keras.recipes.config import ConfigError, add_config_arguments, config_from_args
+from kd_keras.storage import CacheError
 
-# name -> (module, one-line help). Modules under `kd_keras.recipes` are recipes.
+__all__ = ["SUBCOMMANDS", "build_parser", "main", "quiet_tensorflow"]
+
+# name -> (parser module, run module, one-line help). A parser module under
+# `kd_keras.recipes` is a recipe package: its `Config` gives the flags.
 SUBCOMMANDS = {
     "distill": (
         "kd_keras.recipes.sentence_pairs",
+        "kd_keras.recipes.sentence_pairs.job",
         "Distill a sentence-similarity teacher into a fast student (the main job).",
     ),
     "distill-classifier": (
         "kd_keras.recipes.classification",
+        "kd_keras.recipes.classification.job",
         "Distill a fine-tuned text classifier into a BiLSTM: your labeled files or SST-2.",
     ),
     "distill-lm": (
         "kd_keras.recipes.causal_lm",
+        "kd_keras.recipes.causal_lm.job",
         "Distill a causal LM token by token (forward, reverse and skewed KL).",
     ),
-    "label": ("kd_keras.cli.label", "Label a corpus with a teacher: sharded, resumable."),
-    "embed": ("kd_keras.cli.embed", "Write sentence embeddings of a text file to .npy."),
+    "label": (
+        "kd_keras.cli.label",
+        "kd_keras.cli.label_run",
+        "Label a corpus with a teacher: sharded, resumable.",
+    ),
+    "embed": (
+        "kd_keras.cli.embed",
+        "kd_keras.cli.embed_run",
+        "Write sentence embeddings of a text file to .npy.",
+    ),
     "evaluate": (
         "kd_keras.cli.evaluate",
+        "kd_keras.cli.evaluate_run",
         "Measure a student's fidelity to its teacher on unlabeled sentence files.",
     ),
-    "export": ("kd_keras.cli.export", "Export a student or a teacher as a raw-text SavedModel."),
+    "export": (
+        "kd_keras.cli.export",
+        "kd_keras.cli.export_run",
+        "Export a student or a teacher as a raw-text SavedModel.",
+    ),
 }
 VERBOSE_ENV = "KD_KERAS_VERBOSE"
+# Errors reported as one line with exit 2 (the whole traceback with --verbose).
+ERROR_TYPES = (DataError, ConfigError, CacheError, ValueError, TypeError, OSError, ImportError)
+_TENSORFLOW_NOISE = re.compile(
+    r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the "
+    r"following instructions)"
+)
 
 
-class _Recipe:
-    """A recipe module seen as a subcommand: flags from its `Config`, `run(config)`."""
+class _Command:
+    """A subcommand: flags and checks from its parser module, `run` from its run module.
 
-    def __init__(self, module):
-        self.module = module
+    The parser module is imported here, the run module only by `run`.
+    """
+
+    def __init__(self, name):
+        parser_module, self.run_module, _ = SUBCOMMANDS[name]
+        self.module = importlib.import_module(parser_module)
+        self.is_recipe = parser_module.startswith("kd_keras.recipes.")
+        self.config = None  # a recipe's settings, once checked
 
     def add_arguments(self, parser):
-        from kd_keras.recipes.config import add_config_arguments
-
         m = self.module
-        add_config_arguments(parser, m.Config, m.HELP, getattr(m, "CHOICES", None))
+        if self.is_recipe:
+            add_config_arguments(parser, m.Config, m.HELP, getattr(m, "CHOICES", None))
+        else:
+            m.add_arguments(parser)
+
+    def check(self, args):
+        """The subcommand's checks, before TensorFlow loads (a recipe's: its settings)."""
+        if self.is_recipe:
+            self.config = config_from_args(self.module.Config, args)
+            self.config.validate()
+        elif hasattr(self.module, "check"):
+            self.module.check(args)
 
     def run(self, args):
-        from kd_keras.recipes.config import config_from_args
-
-        config = config_from_args(self.module.Config, args)
-        config.validate()
-        self.module.run(config)
+        """Imports the run module (TensorFlow with it) and runs the subcommand."""
+        if self.is_recipe and self.config is None:
+            self.check(args)
+        run_module = importlib.import_module(self.run_module)
+        if self.is_recipe:
+            run_module.run(self.config)
+            return 0
+        return run_module.run(args)
 
 
 def _subcommand(name):
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return _Recipe(module) if module.__name__.startswith("kd_keras.recipes.") else module
+    return _Command(name)
 
 
 def build_parser(argv=None):
     """The parser; only the subcommand named in `argv` (if any) adds its flags."""
-    from kd_keras import __version__
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--verbose",
@@ -94,7 +142,7 @@ def build_parser(argv=None):
     parser.add_argument("--version", action="version", version=f"kd-keras {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in (argv or []) if a in SUBCOMMANDS), None)
-    for name, (_, help_text) in SUBCOMMANDS.items():
+    for name, (_, _, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if name == chosen:
             _subcommand(name).add_arguments(sub_parser)
@@ -110,21 +158,16 @@ def quiet_tensorflow():
     writes there before its logging reads that setting (oneDNN, CUDA probe)
     are dropped, anything else is written back.
     """
-    import re
-    import tempfile
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
         return
-    noise = re.compile(
-        r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the "
-        r"following instructions)"
-    )
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
+            # The point of this function: TensorFlow loads here, after the setting
+            # and with standard error captured.
             import tensorflow as tf
 
             tf.get_logger().setLevel("ERROR")
@@ -136,17 +179,9 @@ def quiet_tensorflow():
             kept = [
                 line
                 for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
-                if not noise.match(line)
+                if not _TENSORFLOW_NOISE.match(line)
             ]
             sys.stderr.write("".join(kept))
-
-
-def _error_types():
-    from kd_keras.data import DataError
-    from kd_keras.recipes.config import ConfigError
-    from kd_keras.storage import CacheError
-
-    return (DataError, ConfigError, CacheError, ValueError, TypeError, OSError, ImportError)
 
 
 def main(argv=None):
@@ -166,8 +201,7 @@ def main(argv=None):
     verbose = args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     command = _subcommand(args.command)
     try:
-        if hasattr(command, "check"):  # before TensorFlow loads
-            command.check(args)
+        command.check(args)  # before TensorFlow loads
         if not verbose:
             quiet_tensorflow()
         return command.run(args) or 0
@@ -177,7 +211,7 @@ def main(argv=None):
             hint = "; run the same command with --output-dir of this run to resume"
         print(f"kd-keras {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
-    except _error_types() as e:
+    except ERROR_TYPES as e:
         if verbose:  # the whole traceback, for a bug report
             raise
         print(f"kd-keras {args.command}: error: {e}", file=sys.stderr)

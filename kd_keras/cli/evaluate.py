@@ -20,13 +20,18 @@ held-out tail, the sentences `kd-keras distill` never trains on
 `--teacher` and `--student` take what `kd-keras embed --model` takes: a
 teacher (`'default'`, a model folder, a teacher `.keras`), a student `.keras`
 with its `.preprocessor.json` sidecar, or a raw-text export folder.
+
+This module is the command's flags and its checks (the files are read and
+sampled before TensorFlow loads); the measurement is `kd_keras.cli.evaluate_run`.
 """
 
 import pathlib
 
-__all__ = ["add_arguments", "check", "run"]
+from kd_keras.data import DataError, corpus_files, read_sentences
+from kd_keras.fidelity import sample_sentences
+from kd_keras.transfer import is_heldout_source, split_heldout
 
-DISPLAY_CHARS = 60  # of each sentence in the disagreement lists
+__all__ = ["add_arguments", "check"]
 
 
 def add_arguments(parser):
@@ -63,10 +68,6 @@ def check(args):
 
     Sets `args.sentence_sets`: `{file: sampled sentences}`.
     """
-    from kd_keras.data import DataError, corpus_files, read_sentences
-    from kd_keras.fidelity import sample_sentences
-    from kd_keras.transfer import is_heldout_source, split_heldout
-
     for name, minimum in (("limit", 0), ("pairs", 1), ("batch_size", 1)):
         if getattr(args, name) < minimum:
             flag = "--" + name.replace("_", "-")
@@ -87,70 +88,3 @@ def check(args):
             raise DataError(f"{path}: fidelity needs at least 3 sentences; it has {len(sample)}")
         sets[path] = sample
     args.sentence_sets = sets
-
-
-def _short(text):
-    return text if len(text) <= DISPLAY_CHARS else text[: DISPLAY_CHARS - 3] + "..."
-
-
-def _print_tables(results, summary):
-    from kd_keras.transfer import is_heldout_source
-
-    names = {p: p + (" (held out)" if is_heldout_source(p) else "") for p in results}
-    width = max(len("mean"), *map(len, names.values()))
-    print(f"{'file':<{width}}  sentences  pairs  Spearman  recall@10")
-    for path, r in results.items():
-        clipped = f" (k={r['k']})" if r["k"] != 10 else ""
-        print(
-            f"{names[path]:<{width}}  {r['sentences']:>9}  {r['pairs']:>5}  "
-            f"{r['spearman']:>8.2f}  {r['recall_at_k']:>9.2f}{clipped}"
-        )
-    if len(results) > 1:
-        m = summary["mean"]
-        blank = " " * 18
-        print(f"{'mean':<{width}}{blank}  {m['spearman']:>8.2f}  {m['recall_at_k']:>9.2f}")
-    for path, r in results.items():
-        print(f"\n{path}: the {len(r['disagreements'])} pairs the two disagree on most")
-        print("teacher  student  sentences")
-        for d in r["disagreements"]:
-            print(
-                f"{d['teacher']:>7.3f}  {d['student']:>7.3f}  "
-                f"{_short(d['first_sentence'])} | {_short(d['second_sentence'])}"
-            )
-
-
-def run(args):
-    """Runs `kd-keras evaluate` (after `check`); bad inputs raise (exit 2)."""
-    import numpy as np
-
-    from kd_keras.cli.embed import embed_sentences
-    from kd_keras.fidelity import NEIGHBOURS, per_source, summarize
-
-    if not hasattr(args, "sentence_sets"):  # called directly, not through the dispatcher
-        check(args)
-    sets = args.sentence_sets
-    every = [s for sentences in sets.values() for s in sentences]
-    embeddings = [
-        np.asarray(
-            embed_sentences(spec, every, batch_size=args.batch_size, progress=not args.no_progress)
-        )
-        for spec in (args.teacher, args.student)
-    ]
-    results = per_source(*embeddings, sets, pairs=args.pairs, seed=args.seed)
-    summary = summarize(results)
-    _print_tables(results, summary)
-    if args.json:
-        from kd_keras.storage import write_json_atomic
-
-        settings = {"limit": args.limit, "pairs": args.pairs, "k": NEIGHBOURS, "seed": args.seed}
-        write_json_atomic(
-            args.json,
-            {
-                "teacher": args.teacher,
-                "student": args.student,
-                "settings": settings,
-                "files": results,
-                **summary,
-            },
-        )
-    return 0

@@ -25,11 +25,16 @@ kd-keras export --student student.keras --quantize int8 --out exports/student-in
 Prints the export's kind, signatures and size on disk. A sentence encoder
 (alone or inside a pair model) is served by `embed` (the `serving_default`)
 and `similarity`, a classifier by `classify` (`kd_keras.serving.text_model`).
+
+This module is the command's flags and its checks, read before TensorFlow
+loads; the export is `kd_keras.cli.export_run`.
 """
 
-from kd_keras.quantize import QUANTIZE_MODES
+__all__ = ["QUANTIZE_CHOICES", "add_arguments", "check"]
 
-__all__ = ["add_arguments", "run"]
+# `--quantize`: `kd_keras.quantize.QUANTIZE_MODES`, which imports Keras (test_cli checks
+# that the two agree).
+QUANTIZE_CHOICES = ("int8",)
 
 
 def add_arguments(parser):
@@ -56,7 +61,7 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--quantize",
-        choices=QUANTIZE_MODES,
+        choices=QUANTIZE_CHOICES,
         default=None,
         help="int8: export an int8 copy (weights of Dense, EinsumDense and embedding layers; "
         "LSTM cells, layer norms and activations stay float32). Default: float32",
@@ -129,58 +134,9 @@ def _student_only_options(args):
     return used
 
 
-def _student_preprocessor(args):
-    """The preprocessor the options name, or `None` to read the sidecar."""
-    if args.vocabulary:
-        from kd_keras.models.bert_tokenizer import BertPreprocessor
-
-        return BertPreprocessor(
-            args.vocabulary,
-            sequence_length=args.sequence_length or 128,
-            lowercase=not args.cased,
-        )
-    if args.preprocessor_from_teacher:
-        from kd_keras.models.teachers import load_teacher
-
-        teacher = load_teacher(args.preprocessor_from_teacher)
-        if teacher.preprocessor is None:
-            raise ValueError(f"Teacher {args.preprocessor_from_teacher!r} has no preprocessor.")
-        return teacher.preprocessor
-    return args.preprocessor  # a path or None
-
-
-def run(args):
-    """Runs `kd-keras export`; bad inputs raise (the dispatcher reports them, exit 2)."""
+def check(args):
+    """Options that do not go together, before TensorFlow loads: one-line errors."""
     if args.teacher is not None and _student_only_options(args):
         raise ValueError(f"{', '.join(_student_only_options(args))} only apply to --student.")
     if args.cased and not args.vocabulary:
         raise ValueError("--cased only applies with --vocabulary.")
-
-    from kd_keras import serving
-    from kd_keras.storage import format_size
-
-    if args.teacher is not None:
-        result = serving.export_teacher(
-            args.teacher,
-            args.out,
-            sequence_length=args.sequence_length,
-            overwrite=args.overwrite,
-            quantize=args.quantize,
-        )
-    else:
-        student, preprocessor = serving.load_student(
-            args.student, preprocessor=_student_preprocessor(args)
-        )
-        result = serving.export_student(
-            student,
-            args.out,
-            preprocessor=preprocessor,
-            kind=args.kind,
-            sequence_length=None if args.vocabulary else args.sequence_length,
-            from_logits=args.from_logits,
-            overwrite=args.overwrite,
-            quantize=args.quantize,
-        )
-    print(result.summary())
-    print(f"size on disk: {result.size_bytes} bytes ({format_size(result.size_bytes)})")
-    return 0

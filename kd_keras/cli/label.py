@@ -25,9 +25,15 @@ kd-keras label --input corpus/*.txt.gz --output labels/ --runner beam
 kd-keras label --input /shared/corpus/*.txt --output /shared/labels --runner beam \
     -- --runner=FlinkRunner --flink_master=host:8081 --environment_type=LOOPBACK
 ```
+
+This module is the command's flags and its checks (settings, the input files,
+the Beam extra), read before TensorFlow loads; the labeling is
+`kd_keras.cli.label_run`.
 """
 
-__all__ = ["BEAM_MISSING", "add_arguments", "run"]
+from kd_keras.data import corpus_files
+
+__all__ = ["BEAM_MISSING", "add_arguments", "check"]
 
 BEAM_MISSING = "install the beam extra: pip install 'kd-keras[beam]'"
 
@@ -77,10 +83,11 @@ def add_arguments(parser):
     parser.set_defaults(extra_args=[])
 
 
-def run(args):
-    """Runs `kd-keras label`; bad inputs raise (the dispatcher reports them, exit 2)."""
-    from kd_keras.data import corpus_files
+def check(args):
+    """Settings, the Beam extra and the input files, before TensorFlow loads: one-line errors.
 
+    Sets `args.files`: the input files (`kd_keras.data.corpus_files`).
+    """
     for name in ("shard_size", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -93,47 +100,7 @@ def run(args):
         )
     if runner == "beam":
         try:
-            import apache_beam  # noqa: F401
+            import apache_beam  # noqa: F401  (the optional [beam] extra: is it installed?)
         except ImportError:
             raise ImportError(BEAM_MISSING) from None
-    files = corpus_files(args.input)  # a missing input is reported before the teacher loads
-
-    from kd_keras.labels import label_files
-    from kd_keras.models.teachers import load_teacher
-    from kd_keras.progress import log
-
-    teacher = load_teacher(args.teacher)
-    settings = dict(
-        limit=args.limit,
-        shard_size=args.shard_size,
-        store=args.store,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        teacher_spec=args.teacher,
-        progress=not args.no_progress,
-    )
-    if runner == "beam":
-        import logging
-        import os
-
-        from kd_keras.labels_beam import label_files_beam
-
-        quiet = os.environ.get("KD_KERAS_VERBOSE", "") in ("", "0")
-        if quiet and not getattr(args, "verbose", False):  # Beam's relayed worker chatter
-            logging.getLogger("apache_beam").setLevel(logging.ERROR)
-        result = label_files_beam(teacher, files, args.output, pipeline_args=extra, **settings)
-    else:
-        result = label_files(teacher, files, args.output, **settings)
-    if result.agreement is not None:
-        a = result.agreement
-        log(
-            f"{a['precision']} against float32 on the first {a['sentences']} sentences: "
-            f"cosine mean {a['mean_cosine']:.5f}, min {a['min_cosine']:.5f}",
-            prefix="kd-keras label",
-        )
-    log(
-        f"{result.rows} sentences in {result.shards} shards ({result.reused} kept from an "
-        f"earlier run) in {result.seconds:.1f} s: {result.directory}",
-        prefix="kd-keras label",
-    )
-    return 0
+    args.files = corpus_files(args.input)  # a missing input is reported before the teacher loads

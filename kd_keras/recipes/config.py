@@ -12,8 +12,8 @@ allowed values of some fields). From them:
   `check_bounds(config, ...)` their ranges, naming the setting, before any
   expensive step.
 
-Only the standard library is imported here (and PyYAML when a YAML file is
-read), so `--help` stays fast.
+Only the standard library and PyYAML are imported here, never TensorFlow, so
+`--help` and the checks stay fast.
 """
 
 import argparse
@@ -21,6 +21,8 @@ import dataclasses
 import json
 import os
 import typing
+
+import yaml
 
 __all__ = [
     "ConfigError",
@@ -105,8 +107,6 @@ def load_config_file(path, config_cls):
         if is_json:
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except ValueError as e:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
         raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {e}") from None

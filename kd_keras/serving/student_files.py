@@ -21,6 +21,8 @@ import sys
 
 import keras
 
+import kd_keras
+import kd_keras.models.bert_tokenizer  # noqa: F401  (registers BertPreprocessor)
 from kd_keras.storage import atomic_path, write_text_atomic
 
 __all__ = [
@@ -188,8 +190,6 @@ def load_preprocessor(path):
     Returns:
         A `BertPreprocessor`.
     """
-    import kd_keras.models.bert_tokenizer  # noqa: F401  (registers BertPreprocessor)
-
     document = _read_sidecar(path)
     return keras.saving.deserialize_keras_object(document["preprocessor"])
 
@@ -239,8 +239,6 @@ def load_student(path, preprocessor=None):
     Returns:
         `(student, preprocessor)`.
     """
-    import kd_keras
-
     kd_keras.register_custom_objects()
     path = pathlib.Path(path)
     if path.suffix != ".keras":

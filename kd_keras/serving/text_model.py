@@ -78,8 +78,12 @@ import pathlib
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+from tensorflow.core.protobuf import saved_model_pb2
 
+import kd_keras
 from kd_keras.models.heads import cosine_similarity
+from kd_keras.models.teachers import load_teacher
 from kd_keras.quantize import check_quantize, quantize_copy
 from kd_keras.serving.model_kinds import (
     DEFAULT_SIGNATURES,
@@ -91,7 +95,13 @@ from kd_keras.serving.model_kinds import (
     single_output,
 )
 from kd_keras.serving.student_files import check_preprocessor, unwrap_student
-from kd_keras.storage import atomic_directory, directory_size, format_size, write_json_atomic
+from kd_keras.storage import (
+    CacheError,
+    atomic_directory,
+    directory_size,
+    format_size,
+    write_json_atomic,
+)
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -320,8 +330,6 @@ def _metadata(model, preprocessor, kind, signatures, default, from_logits, quant
                 for key, value in structured.items()
             },
         }
-    import kd_keras
-
     return {
         "format": EXPORT_FORMAT,
         "kind": kind,
@@ -496,8 +504,6 @@ def export_teacher(teacher, path, sequence_length=None, overwrite=False, quantiz
     quantize = check_quantize(quantize)
     _check_target(path, overwrite)
     if isinstance(teacher, (str, os.PathLike)):
-        from kd_keras.models.teachers import load_teacher
-
         teacher = load_teacher(str(teacher), sequence_length=sequence_length)
     preprocessor = getattr(teacher, "preprocessor", None)
     if preprocessor is None:
@@ -518,8 +524,6 @@ def export_teacher(teacher, path, sequence_length=None, overwrite=False, quantiz
 
 def load_text_export(path):
     """Loads a raw-text SavedModel (registering the `tensorflow_text` ops first)."""
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
     return tf.saved_model.load(str(path))
 
 
@@ -532,10 +536,6 @@ def verify_text_export(path):
     Raises:
         kd_keras.storage.CacheError: naming the folder and what is damaged.
     """
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    from kd_keras.storage import CacheError
-
     path = pathlib.Path(path)
 
     def damaged(what):

@@ -1,6 +1,7 @@
 """The console script: one pattern for every subcommand, quiet, fast help; the quickstart."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -60,9 +61,85 @@ def test_errors_are_one_line_with_exit_2_and_no_tensorflow_log_lines(tmp_path):
 
 
 def test_every_subcommand_follows_one_pattern():
-    for name in cli.SUBCOMMANDS:
+    for name, (_, run_module, _) in cli.SUBCOMMANDS.items():
         command = cli._subcommand(name)
         assert callable(command.add_arguments) and callable(command.run), name
+        assert callable(command.check), name
+        assert callable(importlib.import_module(run_module).run), name
+
+
+# What the parser and the checks import: never TensorFlow (`kd-keras --help`, and the
+# checks before it loads). A recipe package's config is its own module.
+TENSORFLOW_FREE = [
+    "kd_keras.cli",
+    *sorted({parser for parser, _, _ in cli.SUBCOMMANDS.values()}),
+    "kd_keras.recipes.causal_lm.config",
+    "kd_keras.recipes.classification.config",
+    "kd_keras.recipes.config",
+    "kd_keras.recipes.sentence_pairs.config",
+    "kd_keras.correlation",
+    "kd_keras.data",
+    "kd_keras.fidelity",
+    "kd_keras.label_shards",
+    "kd_keras.models.packaged",
+    "kd_keras.progress",
+    "kd_keras.reference",
+    "kd_keras.storage",
+    "kd_keras.transfer",
+]
+
+
+def test_the_parser_modules_and_what_they_import_stay_free_of_tensorflow():
+    done = _python(
+        "import importlib, sys\n"
+        f"for name in {TENSORFLOW_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    heavy = [m for m in ('tensorflow', 'keras', 'keras_hub') if m in sys.modules]\n"
+        "    assert not heavy, (name, heavy)\n"
+        "print('ok')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+
+
+def test_bad_inputs_are_one_line_errors_before_tensorflow_loads(tmp_path):
+    text = tmp_path / "sentences.txt"
+    text.write_text("a sentence\n", encoding="utf-8")
+    missing, out = str(tmp_path / "missing.txt"), str(tmp_path / "out")
+    cases = [
+        (["label", "--input", missing, "--output", out], "no such file"),
+        (["label", "--input", str(text), "--output", out, "--shard-size", "0"], "--shard-size"),
+        (["label", "--input", str(text), "--output", out, "--bogus"], "need --runner beam"),
+        (["embed", "--input", missing, "--output", out + ".npy"], "missing.txt"),
+        (["embed", "--input", str(text), "--output", out + "/x.npy"], "does not exist"),
+        (["export", "--teacher", "default", "--cased", "--out", out], "only apply to --student"),
+        (["export", "--student", "s.keras", "--cased", "--out", out], "only applies with"),
+        (["distill", "--epochs", "0"], "--epochs must be at least 1"),
+        (["distill-classifier", "--config", missing], "no such config file"),
+        (["distill-lm", "--config", missing], "no such config file"),
+    ]
+    done = _python(
+        "import contextlib, io, json, sys\n"
+        "from kd_keras.cli import main\n"
+        f"for argv, _ in {cases!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        code = main(argv)\n"
+        "    print(json.dumps([code, 'tensorflow' in sys.modules, err.getvalue()]))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    for (argv, message), line in zip(cases, done.stdout.splitlines(), strict=True):
+        code, tensorflow, err = json.loads(line)
+        assert (code, tensorflow) == (2, False), (argv, line)
+        assert err.startswith(f"kd-keras {argv[0]}: error: ") and err.count("\n") == 1, err
+        assert message in err, (argv, err)
+
+
+def test_the_export_flag_takes_the_quantize_modes():
+    from kd_keras.cli import export
+    from kd_keras.quantize import QUANTIZE_MODES
+
+    assert export.QUANTIZE_CHOICES == QUANTIZE_MODES
 
 
 def test_console_script_reports_version():

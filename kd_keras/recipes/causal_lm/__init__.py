@@ -16,6 +16,7 @@ __all__ = ["CHOICES", "DESCRIPTION", "HELP", "OBJECTIVES", "CausalLMConfig", "Co
 
 def run(config=None):
     """Runs the recipe (`kd_keras.recipes.causal_lm.job.run`); returns its metrics."""
+    # Here, not at the top: the command line reads this package's flags without TensorFlow.
     from kd_keras.recipes.causal_lm.job import run as run_job
 
     return run_job(config)

@@ -68,6 +68,7 @@ def build_shipped_data(per_task_train=1000, per_task_test=100, seed=0, data_fold
 
     Three tasks, training examples from the SST-2 / STS-B training files and
     held-out ones from their dev files (no sentence in both):
+
     - sentiment: "Rate the sentiment ..." -> `positive` / `negative`;
     - paraphrase: an STS-B pair scored >= 4 -> the other sentence;
     - continuation: the first half of a sentence -> the rest.

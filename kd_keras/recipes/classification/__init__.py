@@ -24,6 +24,7 @@ __all__ = ["CHOICES", "DESCRIPTION", "HELP", "ClassificationConfig", "Config", "
 
 def run(config=None):
     """Runs the recipe (`kd_keras.recipes.classification.job.run`); returns its metrics."""
+    # Here, not at the top: the command line reads this package's flags without TensorFlow.
     from kd_keras.recipes.classification.job import run as run_job
 
     return run_job(config)

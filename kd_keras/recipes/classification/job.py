@@ -23,6 +23,7 @@ file's labels, sorted) or, by default, on SST-2. Steps, each cached under
    same shape, same initial weights apart from the token embeddings, same
    epochs, same optimizer, trained with `kd_keras.Distiller(None, student)`
    on the cached logits:
+
    - the labels-only student: cross-entropy on the gold texts; its token
      embeddings by vocabulary distillation (each token alone through the
      encoder, PCA: `kd_keras.teacher_pass.vocabulary_outputs`, cached as

@@ -15,6 +15,7 @@ __all__ = ["CHOICES", "DESCRIPTION", "HELP", "PRESETS", "Config", "DistillConfig
 
 def run(config=None, progress=True):
     """Runs the recipe (`kd_keras.recipes.sentence_pairs.job.run`); returns its metrics."""
+    # Here, not at the top: the command line reads this package's flags without TensorFlow.
     from kd_keras.recipes.sentence_pairs.job import run as run_job
 
     return run_job(config, progress=progress)

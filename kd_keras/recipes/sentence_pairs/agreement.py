@@ -14,6 +14,12 @@ figures are `kd_keras.fidelity`'s.
 import os
 import pathlib
 
+from kd_keras import evaluation
+from kd_keras.data import DataError, corpus_files, read_sentences
+from kd_keras.fidelity import NEIGHBOURS, PAIRS, per_source, sample_sentences, summarize
+from kd_keras.storage import cached_arrays, digest, file_sha256
+from kd_keras.transfer import heldout_sentences, is_heldout_source
+
 __all__ = ["fidelity_metrics", "fidelity_sets", "measure_fidelity"]
 
 
@@ -31,10 +37,6 @@ def fidelity_sets(c, heldout=None):
     Raises:
         DataError: a missing file, or a file with fewer than 3 sentences.
     """
-    from kd_keras.data import DataError, corpus_files, read_sentences
-    from kd_keras.fidelity import sample_sentences
-    from kd_keras.transfer import heldout_sentences, is_heldout_source
-
     if c.fidelity == "none":
         return "off (--fidelity none)"
     if c.fidelity is None:
@@ -67,8 +69,6 @@ def fidelity_sets(c, heldout=None):
 
 def _teacher_embeddings(cache, teacher_dir, sentences, compute):
     """The teacher export's embeddings of `sentences`, cached in `cache`."""
-    from kd_keras.storage import cached_arrays, digest, file_sha256
-
     key = digest(file_sha256(pathlib.Path(teacher_dir) / "fingerprint.pb"), sentences)
     path = pathlib.Path(cache) / f"teacher-fidelity-{key}.npz"
     return cached_arrays(path, key, lambda: {"embeddings": compute()})["embeddings"]
@@ -89,18 +89,17 @@ def measure_fidelity(c, cache, teacher_dir, student_dir, sets):
         with named disagreements, its "file" and whether "held_out"}`, and
         `mean` and `worst` (`summarize`).
     """
-    from kd_keras.evaluation import embed_text_exports_in_subprocess
-    from kd_keras.fidelity import NEIGHBOURS, PAIRS, per_source, summarize
-
     every = [s for source in sets.values() for s in source["sentences"]]
     both = []
 
     def teacher_and_student():  # one process for both on a cold cache
-        both.extend(embed_text_exports_in_subprocess([teacher_dir, student_dir], every))
+        both.extend(evaluation.embed_text_exports_in_subprocess([teacher_dir, student_dir], every))
         return both[0]
 
     teacher = _teacher_embeddings(cache, teacher_dir, every, teacher_and_student)
-    student = both[1] if both else embed_text_exports_in_subprocess([student_dir], every)[0]
+    student = (
+        both[1] if both else evaluation.embed_text_exports_in_subprocess([student_dir], every)[0]
+    )
     results = per_source(
         teacher,
         student,

@@ -9,7 +9,9 @@ import pathlib
 import sys
 import typing
 
+from kd_keras.data import DataError, data_path
 from kd_keras.recipes.config import ConfigError, check_bounds, check_config
+from kd_keras.transfer import HELDOUT_FOLDER
 
 __all__ = [
     "BUILTIN_STUDENTS",
@@ -169,8 +171,6 @@ class DistillConfig:
         transfer corpus; `output_dir` to `runs/<timestamp>` and `cache_dir` to
         `runs/cache`, both under the current directory.
         """
-        from kd_keras.data import data_path
-
         c = dataclasses.replace(self)
         c._preset_applied = getattr(self, "_preset_applied", False)
         for split, name in (
@@ -197,7 +197,12 @@ class DistillConfig:
         return {**dataclasses.asdict(self), "student": student_spec(self.student)}
 
     def validate(self):
-        """Checks every setting; raises `ConfigError` naming the first bad one."""
+        """Checks every setting; raises `ConfigError` naming the first bad one.
+
+        Without TensorFlow: the rules that tie `objective`, `distillation_loss`
+        and `temperature` together belong to the losses (Keras), and `run`
+        checks them first thing (`objectives.check_objective`).
+        """
         if self.preset != "none" and not getattr(self, "_preset_applied", False):
             raise ConfigError(
                 f"preset={self.preset!r} is applied by DistillConfig.from_preset({self.preset!r}, "
@@ -239,21 +244,10 @@ class DistillConfig:
                 "negative_threshold": (-1.0, 1.0),
             },
         )
-        # The objective's own rules (which loss, whether a temperature applies),
-        # checked now rather than after the teacher pass.
-        from kd_keras.recipes.sentence_pairs.objectives import objective_loss
-
-        try:
-            objective_loss(self.objective, self.distillation_loss, self.temperature)
-        except ValueError as e:
-            raise ConfigError(f"--objective {self.objective}: {e}") from None
 
 
 def _transfer_glob(override):
     """`<data folder>/transfer-en/*.txt.gz`, or `None` without a data folder or that corpus."""
-    from kd_keras.data import DataError, data_path
-    from kd_keras.transfer import HELDOUT_FOLDER
-
     try:
         folder = data_path(HELDOUT_FOLDER, override=override)
     except DataError:

@@ -1,18 +1,21 @@
 """The sentence-pair recipe, step by step: `run(config)`.
 
 1. the teacher (default: offline all-MiniLM-L6-v2) over a transfer set: the
-   training pairs, unlabeled sentences (SST-2 phrases by default) and Tang et
-   al. augmentation (`kd_keras.transfer.transfer_parts`). The gold pairs'
-   sentences are labeled into one cache file (`kd_keras.teacher_pass`), the
-   unlabeled and augmented ones into resumable shards (`kd_keras.labels`,
+   training pairs, unlabeled sentences (by default `unlabeled_limit`, 40,000,
+   sampled from the data folder's English transfer corpus,
+   `transfer-en/*.txt.gz`, never from the held-out tails of its files) and
+   Tang et al. augmentation (`kd_keras.transfer.transfer_parts`). The gold
+   pairs' sentences are labeled into one cache file (`kd_keras.teacher_pass`),
+   the unlabeled and augmented ones into resumable shards (`kd_keras.labels`,
    the layout of `kd-keras label`), plus any `--labels` folders made by
    `kd-keras label`;
-2. a siamese student (BiLSTM with vocabulary-distillation embeddings, or a
-   tiny BERT from the teacher's layers), trained with `kd_keras.Distiller` on
-   the cached teacher outputs, the shards streamed through `tf.data`
-   (`training.pair_datasets`) (`embedding`, `score` or `soft_label`
-   objective, mixed with the gold score through `alpha`), checkpointed
-   `checkpoints_per_epoch` times an epoch;
+2. a siamese student (by default a BiLSTM with vocabulary-distillation
+   embeddings; a static SIF encoder, a tiny BERT from the teacher's layers or
+   your own: `students`), trained with `kd_keras.Distiller` on the cached
+   teacher outputs, the shards streamed through `tf.data`
+   (`training.pair_datasets`) (`embedding`, `score`, `soft_label`,
+   `relational` or `contrastive` objective, mixed with the gold score through
+   `alpha`), checkpointed `checkpoints_per_epoch` times an epoch;
 3. the student saved as `student.keras` (+ its tokenizer sidecar), both
    models exported as raw-text SavedModels (`kd_keras.serving`) and measured
    on the same path, each in a fresh process: test Spearman and Pearson,
@@ -31,10 +34,32 @@ import os
 import pathlib
 import time
 
+import keras
+import numpy as np
+
+from kd_keras import distribute, evaluation
+from kd_keras.data import corpus_files, read_pairs, read_sentences
+from kd_keras.labels import label_sentences, read_labels, read_manifest, teacher_fingerprint
+from kd_keras.models.bert_tokenizer import BertPreprocessor
+from kd_keras.models.heads import build_pair_model
+from kd_keras.models.teachers import load_teacher
 from kd_keras.progress import log
 from kd_keras.recipes.config import ConfigError
+from kd_keras.recipes.sentence_pairs.agreement import fidelity_metrics, fidelity_sets
 from kd_keras.recipes.sentence_pairs.config import DistillConfig
-from kd_keras.storage import digest, directory_size, write_json_atomic
+from kd_keras.recipes.sentence_pairs.objectives import check_objective
+from kd_keras.recipes.sentence_pairs.report import data_files, write_report
+from kd_keras.recipes.sentence_pairs.students import (
+    build_student,
+    student_function,
+    student_module,
+    student_name,
+)
+from kd_keras.recipes.sentence_pairs.training import train
+from kd_keras.serving import export_teacher, export_text_model, save_student, verify_text_export
+from kd_keras.storage import cached_arrays, digest, directory_size, file_sha256, write_json_atomic
+from kd_keras.teacher_pass import cache_teacher_outputs
+from kd_keras.transfer import split_heldout, transfer_parts
 
 # Turns of the side-by-side throughput measurement (`compare_throughput`).
 THROUGHPUT_ROUNDS = 5
@@ -70,11 +95,6 @@ def _load_data(c):
     The held-out tails of the transfer-en files (`kd_keras.transfer.split_heldout`)
     are never sampled; they are returned for the fidelity step.
     """
-    import numpy as np
-
-    from kd_keras.data import corpus_files, read_pairs, read_sentences
-    from kd_keras.transfer import split_heldout
-
     kwargs = dict(
         format=c.format,
         sentence_a=c.sentence_a,
@@ -106,8 +126,6 @@ def _load_data(c):
 
 def _teacher_tables(c, teacher, pairs, dev, cache, progress):
     """The teacher's embeddings of the in-memory pairs' and the dev sentences (cached)."""
-    from kd_keras.teacher_pass import cache_teacher_outputs
-
     dev_sentences = list(dev[0]) + list(dev[1])
     tables = []
     for sentences in (pairs.sentences, dev_sentences):
@@ -123,8 +141,6 @@ def _teacher_tables(c, teacher, pairs, dev, cache, progress):
 def _label_folders(c, teacher, free, cache, progress):
     """Labels folders to stream: the free transfer sentences' (labeled into the
     cache, resumable) and those of `--labels` (checked to be this teacher's)."""
-    from kd_keras.labels import label_sentences, read_manifest, teacher_fingerprint
-
     folders = []
     if free:
         folder = cache / f"labels-{digest(c.teacher, c.teacher_precision, c.store, free)}"
@@ -157,8 +173,6 @@ def _label_folders(c, teacher, free, cache, progress):
 
 def _transfer_sentences(pairs, folders):
     """Every sentence of the transfer set, streamed: the in-memory ones, then the shards'."""
-    from kd_keras.labels import read_labels
-
     yield from pairs.sentences
     for folder in folders:
         for sentences, _ in read_labels(folder):
@@ -166,8 +180,6 @@ def _transfer_sentences(pairs, folders):
 
 
 def _student_preprocessor(teacher, sequence_length):
-    from kd_keras.models.bert_tokenizer import BertPreprocessor
-
     config = {**teacher.preprocessor.get_config(), "sequence_length": sequence_length}
     config.pop("name", None)
     return BertPreprocessor.from_config(config)
@@ -179,8 +191,6 @@ def _teacher_export(c, cache, teacher, quantize=None):
     Done before training, so that a damaged cached export (a `CacheError`
     naming it) stops the run before the expensive part, not after it.
     """
-    from kd_keras.serving import export_teacher, verify_text_export
-
     suffix = f"-{quantize}" if quantize else ""
     key = digest(c.teacher, teacher.count_params())
     teacher_dir = pathlib.Path(cache) / f"teacher-export{suffix}-{key}"
@@ -199,16 +209,11 @@ def _teacher_quality(c, teacher_dir, test, dev):
     the pairs, so a rerun on the same cache reads them instead of running
     the teacher over both splits again.
     """
-    import numpy as np
-
-    from kd_keras.evaluation import evaluate_text_export_in_subprocess
-    from kd_keras.storage import cached_arrays, file_sha256
-
     key = digest(file_sha256(teacher_dir / "fingerprint.pb"), *map(list, test), *map(list, dev))
     names = ("spearman", "pearson", "dev_spearman", "dev_pearson")
 
     def compute():
-        r = evaluate_text_export_in_subprocess(
+        r = evaluation.evaluate_text_export_in_subprocess(
             teacher_dir, *test, [], None, other_sets={"dev": dev}
         )
         dev_figures = r["sets"]["dev"]
@@ -233,14 +238,6 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     With `quantize="int8"` also the int8 exports of both (the teacher's
     cached), measured the same way: `teacher int8` and `student int8` rows.
     """
-    from kd_keras.evaluation import (
-        compare_throughput_in_subprocess,
-        evaluate_text_export_in_subprocess,
-    )
-    from kd_keras.models.heads import build_pair_model
-    from kd_keras.recipes.sentence_pairs.students import student_module, student_name
-    from kd_keras.serving import export_text_model, save_student
-
     t0 = time.perf_counter()
     student_dir = out / "student"
     # Your own student's module is imported before loading it (its custom layers).
@@ -266,7 +263,7 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     speed_sentences = list(test[0]) + list(test[1])
     # All models timed in turns in one process, THROUGHPUT_ROUNDS rounds
     # sharing --throughput-seconds each (`compare_throughput`).
-    speeds = compare_throughput_in_subprocess(
+    speeds = evaluation.compare_throughput_in_subprocess(
         [path for _, path, _ in rows],
         speed_sentences,
         rounds=THROUGHPUT_ROUNDS,
@@ -277,7 +274,9 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
         if name.startswith("teacher"):  # cached beside the export
             r = _teacher_quality(c, path, test, dev)
         else:
-            r = evaluate_text_export_in_subprocess(path, *test, [], None, other_sets={"dev": dev})
+            r = evaluation.evaluate_text_export_in_subprocess(
+                path, *test, [], None, other_sets={"dev": dev}
+            )
         _log(
             f"{name}: dev Spearman {r['sets']['dev']['spearman']:.2f}, test Spearman "
             f"{r['spearman']:.2f}, {speed['sentences_per_second']:.1f} sentences/s"
@@ -326,8 +325,6 @@ def _metrics(c, transfer, test, models, history, step_loss, steps, stopping, tim
 
 def _transfer_data(c, data, unlabeled, teacher):
     """`(in-memory pairs, free sentences)` of the transfer set (`transfer_parts`)."""
-    from kd_keras.transfer import transfer_parts
-
     pairs, free = transfer_parts(
         *data["train"],
         unlabeled=unlabeled,
@@ -349,8 +346,6 @@ def _transfer_data(c, data, unlabeled, teacher):
 def _transfer_summary(pairs, folders, given=()):
     """Sizes of the transfer set, and each labels folder streamed: its rows, its
     store dtype (from its manifest) and whether it came from `--labels` (`given`)."""
-    from kd_keras.labels import read_manifest
-
     manifests = [read_manifest(f) for f in folders]
     streamed = sum(m["rows"] for m in manifests)
     given = {os.path.abspath(g) for g in given}
@@ -376,10 +371,6 @@ def _transfer_summary(pairs, folders, given=()):
 def _teacher_side(c, cache, progress, chief):
     """Data, teacher and its labels: `(data, teacher, pairs, tables, folders, teacher_dir,
     transfer summary, fidelity sentences, seconds of the teacher pass)`."""
-    from kd_keras.models.teachers import load_teacher
-    from kd_keras.recipes.sentence_pairs.agreement import fidelity_sets
-    from kd_keras.recipes.sentence_pairs.report import data_files
-
     data, unlabeled, mix, heldout = _load_data(c)
     fidelity = fidelity_sets(c, heldout)
     teacher = load_teacher(c.teacher)
@@ -406,11 +397,6 @@ def _teacher_side(c, cache, progress, chief):
 
 def _finish(c, out, teacher_side, encoder, preprocessor, trained, timings):
     """Exports and measures both models, writes the metrics and the report."""
-    import numpy as np
-
-    from kd_keras.recipes.sentence_pairs.agreement import fidelity_metrics
-    from kd_keras.recipes.sentence_pairs.report import write_report
-
     data, teacher, _, _, _, teacher_dir, transfer, fidelity, _ = teacher_side
     t0 = time.perf_counter()
     models, timings["export_s"] = _export_and_measure(
@@ -449,13 +435,9 @@ def run(config=None, progress=True):
         progress: bool. Report progress: bars for the teacher pass and
             training on a terminal, plain periodic lines in a log file.
     """
-    import keras
-
-    from kd_keras import distribute
-    from kd_keras.recipes.sentence_pairs.students import build_student, student_function
-
     c = (config or DistillConfig()).resolved()
     c.validate()
+    check_objective(c)  # the objective's loss rules (Keras), before anything slow
     strategy = distribute.strategy(c.distribute)  # before any other TensorFlow op
     function = student_function(c.student)  # your own student's, before anything slow
     chief = distribute.is_chief(strategy)
@@ -490,8 +472,6 @@ def run(config=None, progress=True):
     )
     timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from kd_keras.recipes.sentence_pairs.training import train
-
     trained = train(
         c, out, (pairs, tables, folders, data["dev"]), encoder, preprocessor, progress, strategy
     )

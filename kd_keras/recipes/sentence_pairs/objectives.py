@@ -36,6 +36,7 @@ import tensorflow as tf
 from kd_keras import losses as kd_losses
 from kd_keras.losses import _scale_for_distribution
 from kd_keras.models.heads import build_pair_model, cosine_similarity, similarity_logits
+from kd_keras.recipes.config import ConfigError
 
 __all__ = [
     "OBJECTIVES",
@@ -43,6 +44,7 @@ __all__ = [
     "BinaryPairLoss",
     "TeacherContrastiveLoss",
     "GoldScoreMSE",
+    "check_objective",
     "objective_loss",
     "pair_training_model",
     "teacher_pair_outputs",
@@ -300,3 +302,19 @@ def objective_loss(objective, distillation_loss=None, temperature=None):
     # `kd_losses.get` owns the temperature rules: one given to a loss without
     # a temperature is an error, never dropped.
     return OBJECTIVES[objective], kd_losses.get(distillation_loss, temperature=temperature)
+
+
+def check_objective(config):
+    """Checks the objective settings of a `DistillConfig` (`objective_loss`'s rules).
+
+    Run first thing by the recipe (`DistillConfig.validate` checks the rest
+    without TensorFlow), so that a wrong pairing stops the run before the
+    teacher pass.
+
+    Raises:
+        ConfigError: `--objective NAME: ...`, in one line.
+    """
+    try:
+        objective_loss(config.objective, config.distillation_loss, config.temperature)
+    except ValueError as e:
+        raise ConfigError(f"--objective {config.objective}: {e}") from None

@@ -8,12 +8,19 @@ used the shipped STS-B files, recognized by their bytes (`data_files`,
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from kd_keras.data import corpus_files
 from kd_keras.evaluation import machine_description
+from kd_keras.recipes.sentence_pairs.config import DistillConfig
 from kd_keras.storage import file_sha256, write_text_atomic
+from kd_keras.transfer import HELDOUT_SENTENCES
 
 __all__ = [
     "SIZE_CURVE",
@@ -94,7 +101,6 @@ def data_files(c):
         "sha256"}, ...]}`, the paths as given; `unlabeled` empty when the run
         samples no unlabeled sentences.
     """
-    from kd_keras.data import corpus_files
 
     def record(path):
         return {"path": str(path), "sha256": file_sha256(path)}
@@ -117,8 +123,6 @@ def sweep_matches(c, d, rows):
 
     The rule is written out above `_SWEEP_ROW_KEYS`.
     """
-    from kd_keras.recipes.sentence_pairs.config import DistillConfig
-
     files = d.get("files") or {}
     unlabeled = [f["sha256"] for f in files.get("unlabeled", [])]
     if not is_stsb(files) or corpus_digest(unlabeled) != TRANSFER_EN_SHA256:
@@ -147,15 +151,10 @@ def _set_names(c, d):
 
 def plot_transfer_size(rows, path):
     """Draws student dev Spearman against sentences labeled (log x) into the PNG `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     xs = [r["transfer_sentences"] for r in rows]
     ys = [r["student_dev_spearman"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(xs, ys, "o-", label="student")
     ax.axhline(rows[0]["teacher_dev_spearman"], color="k", ls="--", lw=1, label="teacher")
     for x, y in zip(xs, ys, strict=True):
@@ -170,7 +169,6 @@ def plot_transfer_size(rows, path):
     ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _size_curve_section(out, metrics, curve_file=SIZE_CURVE):
@@ -241,14 +239,10 @@ def _store_text(c, d):
 
 
 def _plots(out, metrics, teacher_scores, student_scores, names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     files = {}
     # Training curves.
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     steps = metrics["training"]["step_loss"]
     if steps:
         xs, ys = zip(*steps, strict=True)
@@ -278,10 +272,10 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     fig.tight_layout()
     files["curves"] = "training_curves.png"
     fig.savefig(out / files["curves"], dpi=100)
-    plt.close(fig)
 
     # Teacher versus student similarity on the test split.
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.scatter(teacher_scores, student_scores, s=4, alpha=0.4)
     lo = float(min(teacher_scores.min(), student_scores.min()))
     ax.plot([lo, 1], [lo, 1], "k--", lw=1)
@@ -291,10 +285,10 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     fig.tight_layout()
     files["scatter"] = "similarity_scatter.png"
     fig.savefig(out / files["scatter"], dpi=100)
-    plt.close(fig)
 
     # Quality against throughput.
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, m in metrics["models"].items():
         ax.scatter(m["sentences_per_second"], m["spearman"], s=60)
         ax.annotate(
@@ -310,13 +304,10 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     fig.tight_layout()
     files["tradeoff"] = "quality_vs_throughput.png"
     fig.savefig(out / files["tradeoff"], dpi=100)
-    plt.close(fig)
     return files
 
 
 def _model2vec_line():
-    import importlib.util
-
     if importlib.util.find_spec("model2vec") is None:
         return (
             "(A Model2Vec baseline distilled from the same teacher, `model2vec[distill]`, is "
@@ -406,17 +397,18 @@ def _fidelity_section(metrics):
         return ""
     if "skipped" in f:
         return f"\nFidelity on unlabeled sentences: {f['skipped']}.\n"
-    from kd_keras.transfer import HELDOUT_SENTENCES as last
-
     k, held_out = f["k"], [r.get("held_out") for r in f["sources"].values()]
     where = f"the sentences of each file of `{metrics['config'].get('fidelity')}`"
     if all(held_out):
         where = (
-            f"the held-out sentences of each transfer-en source (the last {last} of each file, "
-            "never sampled for training)"
+            "the held-out sentences of each transfer-en source (the last "
+            f"{HELDOUT_SENTENCES} of each file, never sampled for training)"
         )
     elif any(held_out):
-        where += f" (of a transfer-en file, its held-out last {last}, never sampled for training)"
+        where += (
+            f" (of a transfer-en file, its held-out last {HELDOUT_SENTENCES}, never sampled for "
+            "training)"
+        )
     per = f"up to {f['sentences_per_source']:,}" if f["sentences_per_source"] else "all"
     sources = sorted(f["sources"].items(), key=lambda kv: kv[1]["spearman"])
     rows = [

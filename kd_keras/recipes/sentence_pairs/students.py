@@ -35,9 +35,16 @@ does (`padding_effect`).
 
 import importlib
 import inspect
-import sys
 import time
 
+import keras
+import numpy as np
+
+from kd_keras import teacher_pass
+from kd_keras.models.bilstm import build_bilstm_encoder
+from kd_keras.models.static import build_static_encoder, sif_weights, token_counts
+from kd_keras.models.student_init import student_embeddings
+from kd_keras.models.tiny_bert import build_tiny_bert_student
 from kd_keras.progress import log
 from kd_keras.recipes.config import ConfigError
 from kd_keras.recipes.sentence_pairs.config import (
@@ -82,8 +89,7 @@ def student_function(student):
             function, it is not callable, or its signature does not fit
             (`offered_arguments`).
     """
-    keras = sys.modules.get("keras")  # not yet imported: `student` is no Keras object
-    if keras is not None and isinstance(student, keras.layers.Layer):
+    if isinstance(student, keras.layers.Layer):
         raise ConfigError(
             f"--student: got a {type(student).__name__} object; pass the function that builds "
             "it (called with vocabulary_size and output_dim)"
@@ -167,8 +173,6 @@ def own_student(model, spec, output_dim):
         ConfigError: one line: not a `keras.Model`, another input than token
             ids `[batch, length]`, or another output than `[batch, output_dim]`.
     """
-    import keras
-
     if not isinstance(model, keras.Model):
         raise ConfigError(f"--student {spec} returned a {type(model).__name__}, not a keras.Model")
     expected = "int32 token ids [batch, length] (keras.Input(shape=(None,), dtype='int32'))"
@@ -212,15 +216,12 @@ def _token_embeddings(c, teacher, cache, progress):
     `embedding_init`: `"vocab"` runs every token of the vocabulary alone
     through the teacher (cached: one file per teacher serves every width).
     """
-    from kd_keras.models.student_init import student_embeddings
-    from kd_keras.teacher_pass import vocabulary_outputs
-
     token_outputs, seconds = None, 0.0
     if c.embedding_init == "vocab":
         vocabulary_size = len(teacher.preprocessor.vocabulary)
         path = cache / f"vocabulary-{digest(c.teacher, vocabulary_size)}.npz"
         t0 = time.perf_counter()
-        token_outputs = vocabulary_outputs(teacher, path, progress=progress)
+        token_outputs = teacher_pass.vocabulary_outputs(teacher, path, progress=progress)
         seconds = time.perf_counter() - t0
     return student_embeddings(c.embedding_init, teacher, c.embedding_dim, token_outputs), seconds
 
@@ -265,9 +266,6 @@ def padding_effect(encoder, vocabulary_size, seed=0):
     Returns:
         float: `max |encoder(ids) - encoder(ids + 4 padding ids)|` on two random sentences.
     """
-    import keras
-    import numpy as np
-
     ids = np.random.default_rng(seed).integers(1, vocabulary_size, size=(2, 5), dtype="int32")
     padded = np.pad(ids, ((0, 0), (0, 4)))
     short, long = (keras.ops.convert_to_numpy(encoder(x, training=False)) for x in (ids, padded))
@@ -298,8 +296,6 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
     if function is not None:
         return _build_own(c, function, teacher, preprocessor, cache, progress, strategy)
     if c.student == "tiny_bert":
-        from kd_keras.models.tiny_bert import build_tiny_bert_student
-
         with strategy.scope():
             return build_tiny_bert_student(
                 teacher=teacher,
@@ -311,8 +307,6 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
     vocabulary_size = len(teacher.preprocessor.vocabulary)
     init, seconds = _token_embeddings(c, teacher, cache, progress)
     if c.student == "static":
-        from kd_keras.models.static import build_static_encoder, sif_weights, token_counts
-
         weights = None
         if init is not None:
             weights = sif_weights(token_counts(teacher.preprocessor, sentences))
@@ -324,8 +318,6 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
                 "uniform" if init is None else init,
                 token_weights=weights,
             ), seconds
-    from kd_keras.models.bilstm import build_bilstm_encoder
-
     with strategy.scope():
         return build_bilstm_encoder(
             vocabulary_size,

@@ -24,10 +24,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_keras import distribute
 from kd_keras.batching import bucket_by_length
+from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss, training_progress
+from kd_keras.correlation import spearman
+from kd_keras.distiller import Distiller
 from kd_keras.labels import labels_dataset, read_labels
 from kd_keras.progress import log
-from kd_keras.recipes.sentence_pairs.objectives import teacher_pair_outputs
+from kd_keras.recipes.sentence_pairs.objectives import (
+    BinaryPairLoss,
+    GoldScoreMSE,
+    objective_loss,
+    pair_training_model,
+    teacher_pair_outputs,
+)
+from kd_keras.recipes.sentence_pairs.students import student_name
 
 __all__ = [
     "SHUFFLE_BUFFER",
@@ -304,8 +315,6 @@ class DevCurve:
 
     @staticmethod
     def measure(score, dev_batches):
-        from kd_keras.evaluation import spearman
-
         scores, gold = [], []
         for x, y in dev_batches:
             scores.append(np.asarray(score(x["student"])).reshape(-1))
@@ -347,14 +356,6 @@ class DevCurve:
 
 def compiled_distiller(c, encoder, steps):
     """The `Distiller` of the student's pair model, compiled (build it in the strategy's scope)."""
-    from kd_keras import Distiller
-    from kd_keras.recipes.sentence_pairs.objectives import (
-        BinaryPairLoss,
-        GoldScoreMSE,
-        objective_loss,
-        pair_training_model,
-    )
-
     if c.hard_loss == "binary":
         hard_loss = BinaryPairLoss(threshold=c.negative_threshold)
     else:
@@ -391,11 +392,6 @@ def train(c, out, data, encoder, preprocessor, progress, strategy):
     Under a multi-worker `strategy` every worker trains on its slice of the
     same global batches and keeps its own checkpoints (`kd_keras.distribute`).
     """
-    from kd_keras import distribute
-    from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss
-    from kd_keras.progress import training_progress
-    from kd_keras.recipes.sentence_pairs.students import student_name
-
     pairs, tables, labels, dev = data
     train_ds, val_ds, steps = pair_datasets(
         c, pairs, tables, preprocessor, encoder, dev, labels=labels
