@@ -123,7 +123,7 @@ class DistillConfig:
     embedding_dim: int = 256
     hidden_dim: int = 128
     bilstm_layers: int = 1
-    pooling: str = "mean"
+    pooling: str = "attention"
     embedding_skip: bool = True
     dropout: float = 0.1
     bert_layers: int = 2
@@ -309,8 +309,8 @@ HELP = {
     "embedding_dim": "token embedding width (BiLSTM, static, your own student's token_embeddings)",
     "hidden_dim": "BiLSTM units per direction",
     "bilstm_layers": "stacked BiLSTM layers",
-    "pooling": "BiLSTM pooling of the last layer's states: mean, or attention (learned weights "
-    "per token, AttentionPooling)",
+    "pooling": "BiLSTM pooling of the last layer's states: attention (learned weights per "
+    "token, AttentionPooling; chosen on dev) or mean",
     "embedding_skip": "also pool the token embeddings beside the BiLSTM (true/false)",
     "dropout": "BiLSTM dropout on the token embeddings (0 makes training deterministic, e.g. "
     "for comparing a multi-worker run with one process)",
