@@ -81,7 +81,9 @@ def main(argv=None):
             out.append(keras.ops.convert_to_numpy(model(packed["token_ids"], training=False)))
         return np.concatenate(out)
 
-    table = student.get_layer("token_embedding").embeddings
+    (table,) = [
+        layer.embeddings for layer in student._flatten_layers() if layer.name == "token_embedding"
+    ]
     original = keras.ops.convert_to_numpy(table)
     results = {}
     for a in [None, *args.a]:

@@ -189,15 +189,16 @@ def training_progress(epochs, chunks_per_epoch, steps_per_chunk, enabled=True, i
             self.bar = None
 
         def on_epoch_begin(self, chunk, logs=None):
-            # A new epoch, or the first chunk after a resume mid-epoch.
+            # A new epoch, or the first chunk after a resume mid-epoch: the bar
+            # counts the epoch's steps, from those done before the resume.
             if enabled and (chunk % chunks_per_epoch == 0 or self.bar is None):
                 epoch = chunk // chunks_per_epoch + 1
-                chunks_left = chunks_per_epoch - chunk % chunks_per_epoch
                 self.bar = progress_bar(
-                    chunks_left * steps_per_chunk,
+                    chunks_per_epoch * steps_per_chunk,
                     f"epoch {epoch}/{epochs}",
                     unit="step",
                     interval=interval,
+                    initial=(chunk % chunks_per_epoch) * steps_per_chunk,
                 )
 
         def on_train_batch_end(self, batch, logs=None):

@@ -40,19 +40,21 @@ class Lines:
         unit: str. Name of a unit ("sent", "step").
         interval: float. Seconds between lines.
         stream: where the lines go (standard output by default).
+        initial: int. Units already done (a resumed run's), counted in the
+            lines but not in the rate.
     """
 
-    def __init__(self, total, description, unit="it", interval=30.0, stream=None):
+    def __init__(self, total, description, unit="it", interval=30.0, stream=None, initial=0):
         self.total, self.description, self.unit = int(total), description, unit
         self.interval = float(interval)
         self.stream = stream
-        self.done = 0
+        self.done = self.initial = int(initial)
         self.start = self.last = time.perf_counter()
         self.postfix = ""
 
     def _line(self):
         elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.done) / rate if rate > 0 else 0.0
         extra = f", {self.postfix}" if self.postfix else ""
         print(
@@ -76,16 +78,18 @@ class Lines:
         self._line()
 
 
-def progress_bar(total, description, unit="it", enabled=True, interval=30.0):
+def progress_bar(total, description, unit="it", enabled=True, interval=30.0, initial=0):
     """A tqdm bar on a terminal, `Lines` in a log file, or nothing (`enabled=False`).
+
+    `initial` units count as done already (a resumed run starts its bar there).
 
     Returns:
         An object with `update(n)`, `set_postfix_str(text)` and `close()`.
     """
     if enabled and is_terminal():
-        return tqdm(total=total, desc=description, unit=unit, leave=False)
+        return tqdm(total=total, desc=description, unit=unit, leave=False, initial=initial)
     if enabled:
-        return Lines(total, description, unit, interval=interval)
+        return Lines(total, description, unit, interval=interval, initial=initial)
     return _Silent()
 
 

@@ -48,7 +48,7 @@ def test_training_progress_counts_the_epochs_asked_for(monkeypatch, capsys):
     assert "/8" not in printed  # never the count of checkpoint chunks
     assert "[kd-keras] epoch 2/2: 12/12 step" in printed
 
-    # Resumed in the middle of epoch 2 (chunk 6 of 8): that epoch's remaining steps.
+    # Resumed in the middle of epoch 2 (chunk 6 of 8): the epoch's 12 steps, 6 of them done.
     callback = checkpoints.training_progress(epochs=2, chunks_per_epoch=4, steps_per_chunk=3)
     for chunk in (6, 7):
         callback.on_epoch_begin(chunk)
@@ -56,5 +56,19 @@ def test_training_progress_counts_the_epochs_asked_for(monkeypatch, capsys):
             callback.on_train_batch_end(step, {"loss": 0.5})
         callback.on_epoch_end(chunk, {"loss": 0.5})
     printed = capsys.readouterr().out
-    assert "[kd-keras] epoch 2/2: 6/6 step" in printed
+    assert "[kd-keras] epoch 2/2: 12/12 step" in printed
+    assert "/6 step" not in printed
     assert "[kd-keras] epoch 2/2: loss 0.5" in printed
+
+
+def test_lines_start_at_the_steps_done_before_a_resume(monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    lines = progress.Lines(600, "epoch 1/1", unit="step", interval=15, stream=out, initial=150)
+    for _ in range(3):
+        lines.update(50)
+    rows = out.getvalue().splitlines()
+    # 150 done before the resume, 100 since, in 30 s (the clock ticks at each read):
+    # 3.3 steps/s (not 250 / 30 = 8.3), 350 left at that rate.
+    assert rows[0].startswith("[kd-keras] epoch 1/1: 250/600 step (3.3 step/s, 1:45 left)")

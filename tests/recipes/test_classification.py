@@ -192,7 +192,7 @@ def _teacher_probabilities(run_dir, texts):
 
 
 @pytest.mark.slow
-def test_own_tsv_with_a_teacher_fine_tuned_here(tmp_path, make_tiny_teacher):
+def test_own_tsv_with_a_teacher_fine_tuned_here(tmp_path, make_tiny_teacher, monkeypatch):
     files = _write_sets(tmp_path, "tsv")
     tiny = make_tiny_teacher(_fixture_vocabulary(), num_layers=1, sequence_length=32)
     tiny.save(tmp_path / "encoder.keras")
@@ -204,6 +204,38 @@ def test_own_tsv_with_a_teacher_fine_tuned_here(tmp_path, make_tiny_teacher):
     assert metrics["teacher"]["fine_tuned_here"] and metrics["teacher"]["train_examples"] == 36
     assert (run_dir / "cache" / "teacher_classifier.keras").is_file()
     assert "fine-tuned here on 36 texts" in (run_dir / "report.md").read_text()
+
+    # Killed while writing the report (no metrics.json), the same run again
+    # reuses both students and every export: nothing is trained or exported.
+    (run_dir / "metrics.json").unlink()
+    for name in ("_train_student", "export_student"):
+        monkeypatch.setattr(job, name, _refuse(name))
+    again = job.run(
+        Config(run_dir=str(run_dir), teacher=str(tmp_path / "encoder.keras"), **files, **TINY_RUN)
+    )
+    for key in ("teacher", "baseline", "distilled"):
+        assert again[key] == json.loads(json.dumps(metrics[key]))
+    # Killed while training the distilled student: only that one trains again.
+    monkeypatch.undo()
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "students" / "bilstm_distilled.keras").write_bytes(b"a damaged half")
+    trained = []
+    train = job._train_student
+    monkeypatch.setattr(
+        job, "_train_student", lambda c, name, *a: trained.append(name) or train(c, name, *a)
+    )
+    again = job.run(
+        Config(run_dir=str(run_dir), teacher=str(tmp_path / "encoder.keras"), **files, **TINY_RUN)
+    )
+    assert trained == ["bilstm_distilled"]
+    assert again["distilled"]["dev_accuracy"] == metrics["distilled"]["dev_accuracy"]
+
+
+def _refuse(name):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{name} should be reused from the earlier run")
+
+    return refuse
 
 
 @pytest.mark.slow

@@ -185,6 +185,74 @@ def test_distill_end_to_end_report_matches_export_and_rerun_hits_cache(tiny_setu
     assert again["data"] == on_disk["data"]
 
 
+class Killed(Exception):
+    """Stands in for a kill at the start of a phase."""
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_training_resumes_at_the_phase_it_was_in(tiny_setup, monkeypatch):
+    """Killed while exporting, evaluating, measuring fidelity or writing the report,
+    the same run again reuses every finished phase and never trains again."""
+    from kd_keras.phases import output_digest
+    from kd_keras.recipes.sentence_pairs import job
+
+    root, files = tiny_setup
+    out, cache = root / "resumed", root / "cache"
+    config = tiny_config(files, out, cache, quantize="int8")
+    calls = []
+
+    def counted(name, real, kill=False):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            if kill:
+                raise Killed(name)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    real = {name: getattr(job, name) for name in ("train", "_export", "_measure", "write_report")}
+    real["fidelity_metrics"] = job.fidelity_metrics
+    order = ["train", "_export", "_measure", "fidelity_metrics", "write_report"]
+    digests = None
+    for killed_at in order[1:]:
+        calls.clear()
+        for name in order:
+            monkeypatch.setattr(job, name, counted(name, real[name], kill=name == killed_at))
+        with pytest.raises(Killed):
+            sentence_pairs.run(config, progress=False)
+        assert not (out / "metrics.json").exists()
+        # Only the phase the last run was killed in runs again, then the next one.
+        assert calls == [order[order.index(killed_at) - 1], killed_at]
+        if killed_at == "_export":
+            digests = {"student.keras": output_digest(out / "student.keras")}
+        assert output_digest(out / "student.keras") == digests["student.keras"]
+    calls.clear()
+    for name in order:
+        monkeypatch.setattr(job, name, counted(name, real[name]))
+    metrics = sentence_pairs.run(config, progress=False)
+    assert calls == ["write_report"]
+    assert output_digest(out / "student.keras") == digests["student.keras"]
+    assert sorted(p.stem for p in (out / "phases").glob("*.json")) == [
+        "evaluate",
+        "export",
+        "fidelity",
+        "train",
+    ]
+    # The report is the first run's training and the phases' figures.
+    assert len(metrics["training"]["history"]["loss"]) == 2  # two checkpoints
+    assert metrics["timings"]["training_s"] > 0
+    fresh_spearman, _ = evaluate_export(out / "student", files["test"])
+    assert metrics["models"]["student"]["spearman"] == pytest.approx(fresh_spearman, abs=1e-6)
+    assert "student int8" in metrics["models"]
+
+    # Another setting redoes the phases it affects: here, all of them.
+    calls.clear()
+    sentence_pairs.run(
+        tiny_config(files, out, cache, quantize="int8", seed=1, overwrite=True), progress=False
+    )
+    assert calls == order
+
+
 def run_cli(argv, capsys):
     code = cli.main(["distill", *argv])
     return code, capsys.readouterr().err

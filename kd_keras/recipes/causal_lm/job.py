@@ -50,6 +50,7 @@ from kd_keras import losses as kd_losses
 from kd_keras.checkpoints import StopOnNonFiniteLoss
 from kd_keras.data import data_path, iter_corpus
 from kd_keras.models import causal_lm
+from kd_keras.phases import Phases
 from kd_keras.progress import log
 from kd_keras.recipes.causal_lm.config import OBJECTIVES, CausalLMConfig, parse_objectives
 from kd_keras.recipes.causal_lm.report import report_text
@@ -244,19 +245,29 @@ def _train_student(objective, teacher, c, vocabulary_size, train):
     return student, time.perf_counter() - start
 
 
-def _students(c, teacher, vocabulary_size, train, test):
-    """Trains and scores one student per objective: `{objective: results}`."""
+def _students(c, teacher, vocabulary_size, train, test, phases):
+    """Trains and scores one student per objective: `{objective: results}`.
+
+    Each objective's figures are a phase of its own (`student_OBJECTIVE`): a
+    rerun after a kill trains only the objectives not finished yet.
+    """
     test_x, test_y = test
     students = {}
     for objective in parse_objectives(c.objectives):
-        student, seconds = _train_student(objective, teacher, c, vocabulary_size, train)
-        result = causal_lm.masked_perplexity(student, test_x, test_y, c.batch_size)
-        students[objective] = {**result, "train_seconds": seconds}
-        _log(f"{objective}: held-out perplexity {result['perplexity']:.3f} ({seconds:.0f} s)")
+        done = phases.reused(f"student_{objective}")
+        if done is None:
+            student, seconds = _train_student(objective, teacher, c, vocabulary_size, train)
+            result = causal_lm.masked_perplexity(student, test_x, test_y, c.batch_size)
+            done = phases.mark(f"student_{objective}", {**result, "train_seconds": seconds})
+            _log(f"{objective}: held-out perplexity {result['perplexity']:.3f} ({seconds:.0f} s)")
+        students[objective] = done
     return students
 
 
 # === The recipe ===
+
+# Settings that change no phase's outcome.
+UNFINGERPRINTED = ("run_dir", "fit_verbose", "objectives")
 
 
 def run(config=None):
@@ -293,12 +304,20 @@ def run(config=None):
     teacher, teacher_seconds, reused = _train_teacher(
         c, run_dir, teacher_tokenizer, teacher_vocab, (corpus_x, corpus_y), (train_x, train_y)
     )
-    teacher_eval = causal_lm.masked_perplexity(teacher, test_x, test_y, c.batch_size)
-    _log(f"teacher: held-out perplexity {teacher_eval['perplexity']:.3f}")
-    students = _students(c, teacher, len(vocabulary), (train_x, train_y), (test_x, test_y))
-
     settings = dataclasses.asdict(c)
     del settings["write_data"]
+    # Each objective is a phase of its own: which ones run changes no phase's outcome.
+    fingerprinted = {k: v for k, v in settings.items() if k not in UNFINGERPRINTED}
+    phases = Phases(run_dir, fingerprinted, _log)
+    if not reused:  # a teacher trained anew: nothing measured on another one is kept
+        phases.clear()
+    teacher_eval = phases.reused("teacher_eval")
+    if teacher_eval is None:
+        teacher_eval = causal_lm.masked_perplexity(teacher, test_x, test_y, c.batch_size)
+        teacher_eval = phases.mark("teacher_eval", teacher_eval)
+    _log(f"teacher: held-out perplexity {teacher_eval['perplexity']:.3f}")
+    students = _students(c, teacher, len(vocabulary), (train_x, train_y), (test_x, test_y), phases)
+
     settings["objectives"] = parse_objectives(c.objectives)
     metrics = {
         "settings": settings,

@@ -71,6 +71,7 @@ from kd_keras.data import DataError, data_path, read_labeled_texts, read_sst2
 from kd_keras.evaluation import throughput
 from kd_keras.models.classifier import build_bilstm_classifier
 from kd_keras.models.student_init import student_embeddings
+from kd_keras.phases import Phases
 from kd_keras.progress import log
 from kd_keras.recipes.classification.config import ClassificationConfig
 from kd_keras.recipes.classification.report import report_text
@@ -83,7 +84,7 @@ from kd_keras.recipes.classification.teacher import (
 )
 from kd_keras.recipes.config import ConfigError
 from kd_keras.serving import METADATA_PATH, export_student, load_text_export
-from kd_keras.storage import write_json_atomic, write_text_atomic
+from kd_keras.storage import atomic_path, write_json_atomic, write_text_atomic
 from kd_keras.teacher_pass import cache_teacher_outputs, vocabulary_outputs
 from kd_keras.transfer import augment_sentences
 
@@ -267,35 +268,51 @@ def _train_student(c, name, initializer, vocabulary_size, data, alpha, distillat
     return student, {"train_examples": int(len(lengths)), "steps": steps, "train_seconds": seconds}
 
 
-def _students(c, preprocessor, transfer, inits):
-    """The labels-only and the distilled student: `{key: (model, info)}`."""
+def _students(c, preprocessor, transfer, inits, run_dir, phases):
+    """The labels-only and the distilled student: `{key: (model, info)}`.
+
+    Each is a phase of its own (`train_baseline`, `train_distilled`): saved
+    as `students/NAME.keras` with its marker, and loaded from there by a rerun
+    after a kill instead of trained again.
+    """
     ids, lengths, teacher_logits, labels = transfer
     baseline_init, distilled_init = inits
     gold_rows = np.flatnonzero(labels != -100)
     vocabulary_size = len(preprocessor.vocabulary)
-    baseline = _train_student(
-        c,
-        "bilstm_labels_only",
-        baseline_init,
-        vocabulary_size,
-        (ids[gold_rows], lengths[gold_rows], teacher_logits[gold_rows], labels[gold_rows]),
-        alpha=0.0,
-        distillation_loss="logit_mse",
-    )
     if c.objective == "logit_mse":
         distillation_loss = kd_losses.LogitMSE()
     else:
         distillation_loss = kd_losses.ForwardKL(temperature=c.temperature)
-    distilled = _train_student(
-        c,
-        "bilstm_distilled",
-        distilled_init,
-        vocabulary_size,
-        (ids, lengths, teacher_logits, labels),
-        alpha=c.alpha,
-        distillation_loss=distillation_loss,
-    )
-    return {"baseline": baseline, "distilled": distilled}
+    plans = {
+        "baseline": (
+            "bilstm_labels_only",
+            baseline_init,
+            (ids[gold_rows], lengths[gold_rows], teacher_logits[gold_rows], labels[gold_rows]),
+            0.0,
+            "logit_mse",
+        ),
+        "distilled": (
+            "bilstm_distilled",
+            distilled_init,
+            (ids, lengths, teacher_logits, labels),
+            c.alpha,
+            distillation_loss,
+        ),
+    }
+    students = {}
+    for key, (name, init, data, alpha, loss) in plans.items():
+        path = f"students/{name}.keras"
+        info = phases.reused(f"train_{key}", [path])
+        if info is None:
+            model, info = _train_student(c, name, init, vocabulary_size, data, alpha, loss)
+            (run_dir / "students").mkdir(exist_ok=True)
+            with atomic_path(run_dir / path) as tmp:
+                model.save(tmp)
+            info = phases.mark(f"train_{key}", info, [path])
+        else:
+            model = keras.models.load_model(run_dir / path)
+        students[key] = (model, info)
+    return students
 
 
 # === 4. Export and evaluation ===
@@ -338,11 +355,19 @@ def _record_classes(path, classes):
     write_json_atomic(metadata_path, {**metadata, "classes": list(classes)})
 
 
-def _export_and_evaluate(c, run_dir, preprocessor, models, data, classes):
-    """Exports each model and scores it through its export: `{key: results}`."""
+def _export_and_evaluate(c, run_dir, preprocessor, models, data, classes, phases):
+    """Exports each model and scores it through its export: `{key: results}`.
+
+    Each model's export and scores are a phase (`export_KEY`), reused by a
+    rerun after a kill.
+    """
     results = {}
     for key, (model, info) in models.items():
         path = run_dir / ("student_export" if key == "distilled" else f"{key}_export")
+        done = phases.reused(f"export_{key}", [path.name])
+        if done is not None:
+            results[key] = done
+            continue
         export_student(
             model,
             path,
@@ -365,6 +390,7 @@ def _export_and_evaluate(c, run_dir, preprocessor, models, data, classes):
             "sentences_per_second": speed,
             "params": int(model.count_params()),
         }
+        results[key] = phases.mark(f"export_{key}", results[key], [path.name])
         test = "" if test_accuracy is None else f", test {test_accuracy:.2f}"
         _log(f"{key}: dev {dev_accuracy:.2f}{test}, {speed:.0f} sentences/s")
     return results
@@ -393,6 +419,9 @@ def _metrics(c, data, classes, files, labels, teacher_pass_seconds, results):
 
 
 # === The recipe ===
+
+# Settings that change no phase's outcome: where the run goes, Keras' verbosity.
+UNFINGERPRINTED = ("run_dir", "fit_verbose")
 
 
 def run(config=None):
@@ -423,11 +452,14 @@ def run(config=None):
     lengths = (ids != 0).sum(axis=1)
 
     # 3. Students.
-    students = _students(c, preprocessor, (ids, lengths, teacher_logits, labels), inits)
+    settings = dataclasses.asdict(c)
+    phases = Phases(run_dir, {k: settings[k] for k in settings if k not in UNFINGERPRINTED}, _log)
+    transfer = (ids, lengths, teacher_logits, labels)
+    students = _students(c, preprocessor, transfer, inits, run_dir, phases)
 
     # 4. Export and evaluate through the exports.
     models = {"teacher": (teacher_clf, teacher_info), **students}
-    results = _export_and_evaluate(c, run_dir, preprocessor, models, data, classes)
+    results = _export_and_evaluate(c, run_dir, preprocessor, models, data, classes, phases)
     metrics = _metrics(c, data, classes, files, labels, teacher_pass_seconds, results)
     write_json_atomic(run_dir / "metrics.json", metrics)
     report = report_text(metrics)

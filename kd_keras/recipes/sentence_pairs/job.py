@@ -43,6 +43,7 @@ from kd_keras.labels import label_sentences, read_labels, read_manifest, teacher
 from kd_keras.models.bert_tokenizer import BertPreprocessor
 from kd_keras.models.heads import build_pair_model
 from kd_keras.models.teachers import load_teacher
+from kd_keras.phases import Phases
 from kd_keras.progress import log
 from kd_keras.recipes.config import ConfigError
 from kd_keras.recipes.sentence_pairs.agreement import fidelity_metrics, fidelity_sets
@@ -56,7 +57,14 @@ from kd_keras.recipes.sentence_pairs.students import (
     student_name,
 )
 from kd_keras.recipes.sentence_pairs.training import train
-from kd_keras.serving import export_teacher, export_text_model, save_student, verify_text_export
+from kd_keras.serving import (
+    export_teacher,
+    export_text_model,
+    load_student,
+    preprocessor_sidecar_path,
+    save_student,
+    verify_text_export,
+)
 from kd_keras.storage import cached_arrays, digest, directory_size, file_sha256, write_json_atomic
 from kd_keras.teacher_pass import cache_teacher_outputs
 from kd_keras.transfer import split_heldout, transfer_parts
@@ -232,39 +240,35 @@ def _teacher_quality(c, teacher_dir, test, dev):
     }
 
 
-def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, test, dev):
-    """Saves and exports the student, then measures it and the teacher's export.
-
-    With `quantize="int8"` also the int8 exports of both (the teacher's
-    cached), measured the same way: `teacher int8` and `student int8` rows.
-    """
+def _export(c, out, teacher, encoder, preprocessor):
+    """Exports the student (and with `quantize="int8"` int8 copies of both models,
+    the teacher's cached): `([(name, export folder, parameters or None)], seconds)`."""
     t0 = time.perf_counter()
     student_dir = out / "student"
-    # Your own student's module is imported before loading it (its custom layers).
-    modules = [m for m in [student_module(c.student)] if m]
-    save_student(encoder, out / "student.keras", preprocessor, modules=modules)
     pair = build_pair_model(encoder, name="student")
     export_text_model(pair, preprocessor, student_dir, kind="pair", overwrite=True)
-    rows = [
-        ("teacher", teacher_dir, teacher.count_params()),
-        ("student", student_dir, encoder.count_params()),
-    ]
+    rows = [("student", str(student_dir), encoder.count_params())]
     if c.quantize != "none":  # an int8 copy of each beside them (`quantize_copy`)
         quantized_dir = out / f"student-{c.quantize}"
         export_text_model(
             pair, preprocessor, quantized_dir, kind="pair", overwrite=True, quantize=c.quantize
         )
+        teacher_quantized = _teacher_export(c, c.cache_dir, teacher, c.quantize)
         rows += [
-            (f"teacher {c.quantize}", _teacher_export(c, c.cache_dir, teacher, c.quantize), None),
-            (f"student {c.quantize}", quantized_dir, None),
+            (f"teacher {c.quantize}", str(teacher_quantized), None),
+            (f"student {c.quantize}", str(quantized_dir), None),
         ]
-    export_seconds = time.perf_counter() - t0
+    return rows, time.perf_counter() - t0
 
+
+def _measure(c, rows, test, dev):
+    """Measures every export of `rows` (the teacher's first) on the same path:
+    test and dev correlations, size, sentences/s timed in turns."""
     speed_sentences = list(test[0]) + list(test[1])
     # All models timed in turns in one process, THROUGHPUT_ROUNDS rounds
     # sharing --throughput-seconds each (`compare_throughput`).
     speeds = evaluation.compare_throughput_in_subprocess(
-        [path for _, path, _ in rows],
+        [pathlib.Path(path) for _, path, _ in rows],
         speed_sentences,
         rounds=THROUGHPUT_ROUNDS,
         seconds=c.throughput_seconds / THROUGHPUT_ROUNDS,
@@ -272,7 +276,7 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
     models = {}
     for (name, path, params), speed in zip(rows, speeds, strict=True):
         if name.startswith("teacher"):  # cached beside the export
-            r = _teacher_quality(c, path, test, dev)
+            r = _teacher_quality(c, pathlib.Path(path), test, dev)
         else:
             r = evaluation.evaluate_text_export_in_subprocess(
                 path, *test, [], None, other_sets={"dev": dev}
@@ -294,8 +298,7 @@ def _export_and_measure(c, out, teacher_dir, teacher, encoder, preprocessor, tes
             "export": str(path),
             "scores": r["scores"],
         }
-    models["student"]["name"] = student_name(c, encoder)
-    return models, export_seconds
+    return models
 
 
 def _metrics(c, transfer, test, models, history, step_loss, steps, stopping, timings):
@@ -395,18 +398,35 @@ def _teacher_side(c, cache, progress, chief):
     return data, teacher, pairs, tables, folders, teacher_dir, transfer, fidelity, seconds
 
 
-def _finish(c, out, teacher_side, encoder, preprocessor, trained, timings):
-    """Exports and measures both models, writes the metrics and the report."""
+def _finish(c, out, phases, teacher_side, encoder, preprocessor, trained, timings):
+    """Exports and measures both models, writes the metrics and the report.
+
+    Each phase (export, evaluate, fidelity) is reused from an earlier run of
+    the same settings when its marker and outputs are there (`phases`).
+    """
     data, teacher, _, _, _, teacher_dir, transfer, fidelity, _ = teacher_side
-    t0 = time.perf_counter()
-    models, timings["export_s"] = _export_and_measure(
-        c, out, teacher_dir, teacher, encoder, preprocessor, data["test"], data["dev"]
-    )
-    timings["evaluation_s"] = time.perf_counter() - t0 - timings["export_s"]
-    t0 = time.perf_counter()
-    fidelity = fidelity_metrics(c, teacher_dir, out / "student", fidelity, _log)
+    outputs = ["student"] + ([f"student-{c.quantize}"] if c.quantize != "none" else [])
+    done = phases.reused("export", outputs)
+    if done is None:
+        rows, seconds = _export(c, out, teacher, encoder, preprocessor)
+        done = phases.mark("export", {"rows": rows, "seconds": seconds}, outputs)
+    timings["export_s"] = done["seconds"]
+    rows = [("teacher", str(teacher_dir), teacher.count_params()), *map(tuple, done["rows"])]
+    done = phases.reused("evaluate")
+    if done is None:
+        t0 = time.perf_counter()
+        models = _measure(c, rows, data["test"], data["dev"])
+        models["student"]["name"] = student_name(c, encoder)
+        done = phases.mark("evaluate", {"models": models, "seconds": time.perf_counter() - t0})
+    models, timings["evaluation_s"] = done["models"], done["seconds"]
+    done = phases.reused("fidelity")
+    if done is None:
+        t0 = time.perf_counter()
+        figures = fidelity_metrics(c, teacher_dir, out / "student", fidelity, _log)
+        done = phases.mark("fidelity", {"fidelity": figures, "seconds": time.perf_counter() - t0})
+    fidelity = done["fidelity"]
     if "skipped" not in fidelity:
-        timings["fidelity_s"] = time.perf_counter() - t0
+        timings["fidelity_s"] = done["seconds"]
     timings["total_s"] = time.perf_counter() - timings.pop("start")
 
     test = data["test"]
@@ -421,6 +441,14 @@ def _finish(c, out, teacher_side, encoder, preprocessor, trained, timings):
         f"{metrics['summary']['speedup']:.1f}x its throughput; report: {out / 'report.md'}"
     )
     return metrics
+
+
+def _phase_settings(c):
+    """What the phase markers are fingerprinted on: every setting but where the run goes."""
+    settings = c.as_dict()
+    for key in ("output_dir", "overwrite"):
+        settings.pop(key, None)
+    return settings
 
 
 def run(config=None, progress=True):
@@ -448,6 +476,9 @@ def run(config=None, progress=True):
             f"--output-dir {out} holds a finished run (metrics.json); choose another folder, "
             "or pass --overwrite to train again there"
         )
+    phases = Phases(out, _phase_settings(c), _log)
+    if c.overwrite:
+        phases.clear()
     if chief:
         write_json_atomic(out / "config.json", c.as_dict())
     timings = {"start": time.perf_counter()}
@@ -455,16 +486,37 @@ def run(config=None, progress=True):
 
     _log(f"output: {out}")
     teacher_side = _teacher_side(c, cache, progress, chief)
-    data, teacher, pairs, tables, folders = teacher_side[:5]
     timings["teacher_pass_s"] = teacher_side[-1]
 
+    preprocessor = _student_preprocessor(teacher_side[1], c.sequence_length)
+    encoder, trained = _trained_student(
+        c, out, phases, teacher_side, preprocessor, progress, strategy, function, timings
+    )
+    if not chief:
+        _log("training done; the chief exports the student and writes the report")
+        return None
+    return _finish(c, out, phases, teacher_side, encoder, preprocessor, trained, timings)
+
+
+def _trained_student(
+    c, out, phases, teacher_side, preprocessor, progress, strategy, function, timings
+):
+    """`(encoder, trained)`: built and trained, then saved as `student.keras` with the
+    `train` phase's marker; or, when that phase is reused, loaded from there."""
+    data, teacher, pairs, tables, folders = teacher_side[:5]
+    outputs = ["student.keras", preprocessor_sidecar_path(pathlib.Path("student.keras")).name]
+    # Under multi-worker every worker trains together: none reuses alone.
+    done = phases.reused("train", outputs) if c.distribute == "none" else None
+    if done is not None:
+        timings.update(done["timings"])
+        encoder, _ = load_student(out / "student.keras")
+        return encoder, tuple(done["trained"])
     t0 = time.perf_counter()
-    preprocessor = _student_preprocessor(teacher, c.sequence_length)
     encoder, timings["vocabulary_s"] = build_student(
         c,
         teacher,
         preprocessor,
-        cache,
+        pathlib.Path(c.cache_dir).resolve(),
         progress,
         strategy,
         _transfer_sentences(pairs, folders),
@@ -476,7 +528,11 @@ def run(config=None, progress=True):
         c, out, (pairs, tables, folders, data["dev"]), encoder, preprocessor, progress, strategy
     )
     timings["training_s"] = time.perf_counter() - t0
-    if not chief:
-        _log("training done; the chief exports the student and writes the report")
-        return None
-    return _finish(c, out, teacher_side, encoder, preprocessor, trained, timings)
+    if distribute.is_chief(strategy):
+        # Your own student's module is imported before loading it (its custom layers).
+        modules = [m for m in [student_module(c.student)] if m]
+        save_student(encoder, out / "student.keras", preprocessor, modules=modules)
+        keys = ("teacher_pass_s", "vocabulary_s", "setup_s", "training_s")
+        value = {"trained": trained, "timings": {k: timings[k] for k in keys}}
+        trained = tuple(phases.mark("train", value, outputs)["trained"])
+    return encoder, trained
