@@ -108,6 +108,10 @@ class _Command:
         if self.is_recipe:
             self.config = config_from_args(self.module.Config, args)
             self.config.validate()
+            # Its files, globs and folders, before any of them is written to.
+            preflight = getattr(self.module, "preflight", None)
+            if preflight is not None:
+                self.config = preflight(self.config)
         elif hasattr(self.module, "check"):
             self.module.check(args)
 

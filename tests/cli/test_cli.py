@@ -106,6 +106,12 @@ def test_bad_inputs_are_one_line_errors_before_tensorflow_loads(tmp_path):
     text = tmp_path / "sentences.txt"
     text.write_text("a sentence\n", encoding="utf-8")
     missing, out = str(tmp_path / "missing.txt"), str(tmp_path / "out")
+    no_score = tmp_path / "no_score.csv"
+    no_score.write_text("sentence1,sentence2\na,b\n", encoding="utf-8")
+    (tmp_path / "a_file").write_text("", encoding="utf-8")
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}", encoding="utf-8")
     cases = [
         (["label", "--input", missing, "--output", out], "no such file"),
         (["label", "--input", str(text), "--output", out, "--shard-size", "0"], "--shard-size"),
@@ -115,12 +121,24 @@ def test_bad_inputs_are_one_line_errors_before_tensorflow_loads(tmp_path):
         (["export", "--teacher", "default", "--cased", "--out", out], "only apply to --student"),
         (["export", "--student", "s.keras", "--cased", "--out", out], "only applies with"),
         (["distill", "--epochs", "0"], "--epochs must be at least 1"),
+        (["distill", "--train", missing], "missing.txt: no such file"),
+        (["distill", "--unlabeled", str(tmp_path / "none-*.txt.gz")], "no file matches"),
+        (["distill", "--fidelity", str(tmp_path / "none-*.txt")], "no file matches"),
+        (["distill", "--dev", str(no_score)], "no_score.csv:1: missing column 'score'"),
+        (["distill", "--labels", str(tmp_path)], "holds no labels"),
+        (["distill", "--teacher", str(tmp_path / "bert")], "no such file or folder"),
+        (["distill", "--output-dir", str(tmp_path / "a_file" / "run")], "a_file is a file"),
+        (["distill", "--cache-dir", str(tmp_path / "a_file")], "exists and is not a folder"),
+        (["distill", "--output-dir", str(finished)], "holds a finished run"),
+        (["distill-classifier", "--train", missing, "--dev", missing], "missing.txt"),
+        (["distill-classifier", "--run-dir", str(tmp_path / "a_file" / "r")], "a_file is a file"),
         (["distill-classifier", "--config", missing], "no such config file"),
         (["distill-lm", "--config", missing], "no such config file"),
     ]
     done = _python(
-        "import contextlib, io, json, sys\n"
+        "import contextlib, io, json, os, sys\n"
         "from kd_keras.cli import main\n"
+        f"os.chdir({str(tmp_path)!r})\n"
         f"for argv, _ in {cases!r}:\n"
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stderr(err):\n"
@@ -133,6 +151,15 @@ def test_bad_inputs_are_one_line_errors_before_tensorflow_loads(tmp_path):
         assert (code, tensorflow) == (2, False), (argv, line)
         assert err.startswith(f"kd-keras {argv[0]}: error: ") and err.count("\n") == 1, err
         assert message in err, (argv, err)
+    # A run that fails its checks leaves no run folder, nor any other file.
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a_file",
+        "finished",
+        "no_score.csv",
+        "sentences.txt",
+    ]
+    assert [p.name for p in finished.iterdir()] == ["metrics.json"]
 
 
 def test_the_export_flag_takes_the_quantize_modes():

@@ -11,6 +11,7 @@ are in `kd_keras.recipes.classification.job`.
 """
 
 from kd_keras.recipes.classification.config import CHOICES, HELP, ClassificationConfig
+from kd_keras.recipes.classification.preflight import preflight
 
 Config = ClassificationConfig
 DESCRIPTION = (
@@ -19,7 +20,15 @@ DESCRIPTION = (
     "fine-tuned here."
 )
 
-__all__ = ["CHOICES", "DESCRIPTION", "HELP", "ClassificationConfig", "Config", "run"]
+__all__ = [
+    "CHOICES",
+    "DESCRIPTION",
+    "HELP",
+    "ClassificationConfig",
+    "Config",
+    "preflight",
+    "run",
+]
 
 
 def run(config=None):

@@ -74,6 +74,7 @@ from kd_keras.models.student_init import student_embeddings
 from kd_keras.phases import Phases
 from kd_keras.progress import log
 from kd_keras.recipes.classification.config import ClassificationConfig
+from kd_keras.recipes.classification.preflight import preflight
 from kd_keras.recipes.classification.report import report_text
 from kd_keras.recipes.classification.teacher import (
     fine_tune_teacher,
@@ -432,6 +433,7 @@ def run(config=None):
     """
     c = config or ClassificationConfig()
     c.validate()
+    preflight(c)  # its files and folders, before anything is written
     run_dir = pathlib.Path(c.run_dir)
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)

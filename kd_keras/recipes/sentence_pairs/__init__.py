@@ -6,11 +6,21 @@ command line's parser is built), `DESCRIPTION`, and `run(config)`.
 """
 
 from kd_keras.recipes.sentence_pairs.config import CHOICES, HELP, PRESETS, DistillConfig
+from kd_keras.recipes.sentence_pairs.preflight import preflight
 
 Config = DistillConfig
 DESCRIPTION = "Distill a sentence-similarity teacher into a fast siamese student."
 
-__all__ = ["CHOICES", "DESCRIPTION", "HELP", "PRESETS", "Config", "DistillConfig", "run"]
+__all__ = [
+    "CHOICES",
+    "DESCRIPTION",
+    "HELP",
+    "PRESETS",
+    "Config",
+    "DistillConfig",
+    "preflight",
+    "run",
+]
 
 
 def run(config=None, progress=True):

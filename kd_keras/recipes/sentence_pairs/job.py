@@ -49,6 +49,7 @@ from kd_keras.recipes.config import ConfigError
 from kd_keras.recipes.sentence_pairs.agreement import fidelity_metrics, fidelity_sets
 from kd_keras.recipes.sentence_pairs.config import DistillConfig
 from kd_keras.recipes.sentence_pairs.objectives import check_objective
+from kd_keras.recipes.sentence_pairs.preflight import preflight
 from kd_keras.recipes.sentence_pairs.report import data_files, write_report
 from kd_keras.recipes.sentence_pairs.students import (
     build_student,
@@ -465,6 +466,7 @@ def run(config=None, progress=True):
     """
     c = (config or DistillConfig()).resolved()
     c.validate()
+    c = preflight(c)  # its files and folders, before anything is written
     check_objective(c)  # the objective's loss rules (Keras), before anything slow
     strategy = distribute.strategy(c.distribute)  # before any other TensorFlow op
     function = student_function(c.student)  # your own student's, before anything slow
