@@ -11,8 +11,14 @@ Readers: `read_lines` (UTF-8, byte-order mark skipped, a line at a time),
 per line), `read_sst2` (`sentence<TAB>label`) and `read_labeled_texts`
 (labeled texts: CSV, TSV, JSON lines). A bad file stops with a
 `DataError` naming the file and the line.
+
+The corpus that `corpus_files` and `iter_corpus` read (`kd-keras label`'s
+`--input`) may also be on an object store (`gs://bucket/corpus/*.txt.gz`),
+globbed and read through `tf.io.gfile` (`kd_keras.filesystems`; TensorFlow
+loads only for such a path).
 """
 
+import contextlib
 import csv
 import glob
 import gzip
@@ -23,6 +29,8 @@ import pathlib
 import sys
 
 import numpy as np
+
+from kd_keras import filesystems
 
 __all__ = [
     "DATA_ENV",
@@ -89,18 +97,18 @@ def read_lines(path):
     """Yields `(line_number, text)` for each line of a UTF-8 file, line end removed.
 
     A line ends with `\n`, `\r\n` or a lone `\r`; a UTF-8 byte-order mark at
-    the start of the file is skipped. A `.gz` file is read through gzip.
+    the start of the file is skipped. A `.gz` file is read through gzip. An
+    object-store path (`gs://...`) is read through `tf.io.gfile`.
 
     Raises:
         DataError: the file is missing or a folder, or a line is not valid UTF-8.
     """
-    if os.path.isdir(path):
+    if filesystems.is_dir(path):
         raise DataError(f"{path}: is a folder, not a file")
-    if not os.path.isfile(path):
+    if not filesystems.is_file(path):
         raise DataError(f"{path}: no such file")
     number = 0
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with _open_lines(path) as f:
         for chunk in f:
             if number == 0 and chunk.startswith(b"\xef\xbb\xbf"):
                 chunk = chunk[3:]
@@ -115,6 +123,22 @@ def read_lines(path):
                         f"{e.start + 1}: {e.reason})"
                     ) from None
                 yield number, text
+
+
+@contextlib.contextmanager
+def _open_lines(path):
+    """The lines of a file, as bytes with their ends (`.gz` decompressed)."""
+    if not filesystems.has_scheme(str(path)):
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rb") as f:
+            yield f
+        return
+    with filesystems.open_read(path) as raw:
+        if str(path).endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                yield filesystems.iter_lines(f)
+        else:
+            yield filesystems.iter_lines(raw)
 
 
 def read_stsb(path, limit=None, max_score=5.0):
@@ -514,19 +538,22 @@ def read_labeled_texts(path, text="text", label="label", classes=None, limit=Non
 def corpus_files(patterns):
     """The files that paths and glob patterns name, in order, each once.
 
+    Local paths, or object-store ones (`gs://bucket/*.txt.gz`, globbed by
+    `tf.io.gfile`).
+
     Raises:
         DataError: a pattern that matches no file, a missing file or a folder.
     """
     files = []
     for pattern in patterns:
         pattern = str(pattern)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = filesystems.glob(pattern) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise DataError(f"{pattern}: no file matches")
         for path in matches:
-            if os.path.isdir(path):
+            if filesystems.is_dir(path):
                 raise DataError(f"{path}: is a folder, not a file")
-            if not os.path.isfile(path):
+            if not filesystems.is_file(path):
                 raise DataError(f"{path}: no such file")
             if path not in files:
                 files.append(path)

@@ -5,13 +5,13 @@ file: the sentences as UTF-8 bytes and offsets, the embeddings in the store
 dtype, with a checksum) and returns its manifest entry; `read_shard` reads
 one back, verified. The folder and its manifest are `kd_keras.labels`'.
 NumPy only, no TensorFlow: the Apache Beam workers write their shards with it
-before they load TensorFlow (`kd_keras.labels_beam_worker`).
+before they load TensorFlow (`kd_keras.labels_beam_worker`). The folder may be
+local or on an object store (`gs://...`: `kd_keras.filesystems`).
 """
-
-import pathlib
 
 import numpy as np
 
+from kd_keras import filesystems
 from kd_keras.storage import CacheError, file_sha256, read_arrays, write_arrays
 
 __all__ = ["STORES", "read_shard", "save_shard"]
@@ -24,12 +24,13 @@ def save_shard(directory, index, start, sentences, embeddings, store):
     embeddings = np.asarray(embeddings).astype(store)
     name = f"shard-{index:05d}.npz"
     rows = [start, start + len(sentences)]
-    write_arrays(directory / name, {**_encode(sentences), "embeddings": embeddings}, {"rows": rows})
+    path = filesystems.join(directory, name)
+    write_arrays(path, {**_encode(sentences), "embeddings": embeddings}, {"rows": rows})
     return {
         "file": name,
         "rows": rows,
         "dim": int(embeddings.shape[-1]),
-        "sha256": file_sha256(directory / name),
+        "sha256": file_sha256(path),
     }
 
 
@@ -52,8 +53,8 @@ def read_shard(output_dir, entry):
     Raises:
         CacheError: the shard is missing or fails its checksum.
     """
-    path = pathlib.Path(output_dir) / entry["file"]
-    if not path.is_file() or file_sha256(path) != entry["sha256"]:
+    path = filesystems.join(output_dir, entry["file"])
+    if not filesystems.is_file(path) or file_sha256(path) != entry["sha256"]:
         raise CacheError(f"{path} is missing or fails its checksum. Label the folder again.")
     _, arrays = read_arrays(path)
     return _decode(arrays["text"], arrays["offsets"]), arrays["embeddings"].astype(np.float32)

@@ -34,6 +34,13 @@ line, `.gz` too, blank lines skipped; `kd_keras.data.iter_corpus`), keyed by
 the files' bytes. `read_labels(output_dir)` yields the verified shards back;
 `labels_dataset` streams them into `tf.data` for training. The shard files
 themselves are `kd_keras.label_shards`' (`read_shard`, also exported here).
+
+The folder, and the input files, may be local or on an object store
+(`gs://...`, `ram://...`), read and written through `tf.io.gfile`
+(`kd_keras.filesystems`): each shard and each manifest is written aside and
+renamed into place, and on a store whose rename is a copy the manifest,
+written after the shards it lists, names only finished ones; a reader
+trusts only the manifest and each shard's SHA-256.
 """
 
 import dataclasses
@@ -44,7 +51,7 @@ import time
 
 import tensorflow as tf
 
-from kd_keras import teacher_pass
+from kd_keras import filesystems, teacher_pass
 from kd_keras.data import corpus_files, iter_corpus
 from kd_keras.label_shards import STORES, read_shard, save_shard
 from kd_keras.progress import log, progress_bar
@@ -74,7 +81,8 @@ class LabelResult:
     """What a labeling run found and did.
 
     Attributes:
-        directory: `pathlib.Path` of the output folder.
+        directory: `pathlib.Path` of the output folder (the `str` of an
+            object-store one).
         rows: int. Sentences labeled in all.
         shards: int. Shard files.
         reused: int. Shards kept from an earlier (interrupted) run.
@@ -95,7 +103,7 @@ def file_fingerprint(paths, **settings):
     """A fingerprint of files' bytes (streamed) and of reading settings (a limit)."""
     fingerprint = Fingerprint("kd_keras.labels.files.v1", settings)
     for path in paths:
-        fingerprint.update(pathlib.Path(path).name).update(file_sha256(path))
+        fingerprint.update(filesystems.basename(path)).update(file_sha256(path))
     return fingerprint.hexdigest()
 
 
@@ -110,11 +118,11 @@ def read_manifest(output_dir):
     Raises:
         CacheError: the manifest is not valid JSON or not of this format.
     """
-    path = pathlib.Path(output_dir) / MANIFEST
-    if not path.exists():
+    path = filesystems.join(output_dir, MANIFEST)
+    if not filesystems.exists(path):
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(filesystems.read_text(path))
     except ValueError:
         raise CacheError(f"{path} is damaged (not valid JSON). Delete it to label again.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != LABELS_FORMAT:
@@ -128,8 +136,8 @@ def _usable_shards(directory, manifest, key):
         return {}
     usable = {}
     for index, entry in enumerate(manifest.get("shards", [])):
-        path = directory / entry["file"]
-        if path.is_file() and file_sha256(path) == entry["sha256"]:
+        path = filesystems.join(directory, entry["file"])
+        if filesystems.is_file(path) and file_sha256(path) == entry["sha256"]:
             usable[index] = entry
         else:
             log(f"labels: {path} is missing or fails its checksum; labeling it again")
@@ -155,7 +163,7 @@ def label_sentences(
     Args:
         teacher: a `Teacher` with a preprocessor (or any model `run_teacher` takes).
         sentences: an iterable of str, read once, in order.
-        output_dir: the labels folder (created).
+        output_dir: the labels folder (created), local or on an object store.
         input_fingerprint: str, what the sentences depend on (their files' bytes).
         shard_size: int. Sentences per shard.
         store: `"float32"` or `"float16"` (half the disk; read back as float32).
@@ -175,8 +183,8 @@ def label_sentences(
     """
     settings = _settings(shard_size, store, batch_size, precision)
     start = time.perf_counter()
-    directory = pathlib.Path(output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = filesystems.to_path(output_dir)
+    filesystems.makedirs(directory)
     manifest = _new_manifest(teacher, input_fingerprint, settings, teacher_spec, inputs)
     usable = _usable_shards(directory, read_manifest(directory), manifest["key"])
     bar = progress_bar(total or 0, "labels", unit="sent", enabled=progress)
@@ -198,7 +206,7 @@ def label_sentences(
             manifest["dim"] = manifest["dim"] or entry.get("dim")
         manifest["shards"].append(entry)
         manifest["rows"] += len(chunk)
-        write_json_atomic(directory / MANIFEST, manifest)  # progress survives a kill
+        write_json_atomic(filesystems.join(directory, MANIFEST), manifest)  # survives a kill
         bar.update(len(chunk))
         index += 1
     bar.close()
@@ -253,11 +261,11 @@ def _finish(directory, manifest):
     """Removes the shards the manifest does not list and marks it complete."""
     if not manifest["shards"]:
         raise ValueError("No sentences to label.")
-    for stale in directory.glob("shard-*.npz"):
-        if stale.name not in {e["file"] for e in manifest["shards"]}:
-            stale.unlink()  # shards of an older, longer run
+    for stale in filesystems.list_names(directory, "shard-*.npz"):
+        if stale not in {e["file"] for e in manifest["shards"]}:
+            filesystems.remove(filesystems.join(directory, stale))  # of an older, longer run
     manifest["complete"] = True
-    write_json_atomic(directory / MANIFEST, manifest)
+    write_json_atomic(filesystems.join(directory, MANIFEST), manifest)
 
 
 def _write_shard(directory, index, chunk, teacher, settings, manifest):
@@ -315,7 +323,7 @@ def read_labels(output_dir):
     Raises:
         CacheError: the folder is unfinished or a shard fails its checksum.
     """
-    directory = pathlib.Path(output_dir)
+    directory = filesystems.to_path(output_dir)
     for entry in _finished_manifest(directory)["shards"]:
         yield read_shard(directory, entry)
 
@@ -354,7 +362,7 @@ def labels_dataset(output_dirs, encode, shuffle=True, seed=0, cycle_length=2):
         ValueError: the folders' embedding widths differ.
     """
     shards = []
-    for directory in map(pathlib.Path, output_dirs):
+    for directory in map(filesystems.to_path, output_dirs):
         manifest = _finished_manifest(directory)
         shards += [(directory, entry, manifest["dim"]) for entry in manifest["shards"]]
     if not shards:

@@ -28,25 +28,28 @@ Locally the pipeline runs on Beam's DirectRunner with 2 worker processes
 (`DEFAULT_PIPELINE_ARGS`); any other runner is a matter of pipeline options
 (`--runner=DataflowRunner --project=...`, `--runner=FlinkRunner`,
 `--runner=SparkRunner`), as long as the workers can read the input files and
-the output folder by the same paths (a shared file system): the shards are
-written with Python's own file functions, not Beam's `FileSystems`.
+the output folder by the same paths: a shared file system, or an object store
+(`gs://...`, read and written through `tf.io.gfile`: `kd_keras.filesystems`).
+For an object-store folder, the teacher's SavedModel is exported locally and
+copied up into the work folder, where the workers load it.
 """
 
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from kd_keras import labels
+from kd_keras import filesystems, labels
 from kd_keras.data import DataError, read_lines
 from kd_keras.labels_beam_worker import LabelShard, read_rows, recorded_entry
 from kd_keras.models.teachers import load_teacher
 from kd_keras.progress import log
 from kd_keras.serving.text_model import export_teacher, verify_text_export
-from kd_keras.storage import CacheError, write_json_atomic
+from kd_keras.storage import CacheError, DiskFullError, is_disk_full, write_json_atomic
 from kd_keras.teacher_pass import precision_agreement
 
 __all__ = ["DEFAULT_PIPELINE_ARGS", "WORK_DIR", "label_files_beam", "pipeline_args_with_defaults"]
@@ -82,6 +85,33 @@ def pipeline_args_with_defaults(pipeline_args):
 # === Driver ===
 
 
+def _option(args, name):
+    """The value of Beam option `--name` in `args` (`--name=value` or `--name value`)."""
+    value = None
+    for i, arg in enumerate(args):
+        key, equals, given = arg.partition("=")
+        if key.lstrip("-").replace("-", "_") == name and arg.startswith("--"):
+            value = given if equals else (args[i + 1] if i + 1 < len(args) else "")
+    return value
+
+
+def _check_reachable(paths, pipeline_args):
+    """`ram://` is this process's memory: only a DirectRunner in this process reaches it."""
+    in_memory = [str(p) for p in paths if str(p).startswith("ram://")]
+    if not in_memory:
+        return
+    args = pipeline_args_with_defaults(pipeline_args)
+    runner = _option(args, "runner") or "DirectRunner"
+    mode = _option(args, "direct_running_mode")
+    if runner not in ("DirectRunner", "direct") or mode not in ("in_memory", "multi_threading"):
+        raise ValueError(
+            f"{in_memory[0]} is in this process's memory (TensorFlow's ram:// file system), "
+            "which Beam's worker processes cannot see: run the DirectRunner in this process "
+            "(-- --direct_running_mode=in_memory), or use a shared folder or an object store "
+            "such as gs://"
+        )
+
+
 def _sentence_counts(files, limit):
     """Sentences (stripped, non-blank lines) of each file, read as `iter_corpus` reads them.
 
@@ -110,7 +140,7 @@ def _plan(files, counts, shard_size):
         skip = 0
         while skip < count:
             take = min(count - skip, shard_size - (row - start))
-            segments.append((os.path.abspath(path), skip, take))
+            segments.append((filesystems.absolute(path), skip, take))
             skip += take
             row += take
             if row - start == shard_size:
@@ -129,10 +159,15 @@ def _export(teacher, teacher_key, export_root, prune, quantize=None):
     """The teacher's raw-text SavedModel under `export_root`, exported once per fingerprint
     (and `quantize`: `None` or `"int8"`, an int8 export for the int8 precision).
 
-    With `prune`, the exports of other teachers there are removed.
+    With `prune`, the exports of other teachers there are removed. Under an
+    object-store `export_root`, it is exported into a local temporary folder and
+    copied up, every run (`_export_up`).
     """
+    name = f"teacher-{teacher_key[:16]}{'-' + quantize if quantize else ''}"
+    if filesystems.has_scheme(str(export_root)):
+        return _export_up(teacher, filesystems.join(export_root, name), quantize)
     export_root = pathlib.Path(export_root)
-    path = export_root / f"teacher-{teacher_key[:16]}{'-' + quantize if quantize else ''}"
+    path = export_root / name
     try:
         verify_text_export(path)
         return path
@@ -145,24 +180,39 @@ def _export(teacher, teacher_key, export_root, prune, quantize=None):
     return path
 
 
+def _export_up(teacher, target, quantize):
+    """The teacher's SavedModel, exported locally and copied to the object-store `target`."""
+    with tempfile.TemporaryDirectory(prefix="kd-keras-export-") as local:
+        path = pathlib.Path(local) / "teacher"
+        export_teacher(teacher, path, quantize=quantize)
+        filesystems.copy_tree_up(path, target)
+    return target
+
+
 def _run_pipeline(todo, export_path, directory, work, key, settings, pipeline_args):
     fn = LabelShard(
         str(export_path),
-        str(directory.absolute()),
-        str(pathlib.Path(work).absolute()),
+        filesystems.absolute(directory),
+        filesystems.absolute(work),
         key,
         settings["store"],
         settings["batch_size"],
         settings["precision"],
     )
     options = PipelineOptions(pipeline_args_with_defaults(pipeline_args))
-    with beam.Pipeline(options=options) as pipeline:
-        _ = (
-            pipeline
-            | "Shards" >> beam.Create(todo, reshuffle=False)
-            | "Spread" >> beam.Reshuffle()
-            | "Label" >> beam.ParDo(fn)
-        )
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            _ = (
+                pipeline
+                | "Shards" >> beam.Create(todo, reshuffle=False)
+                | "Spread" >> beam.Reshuffle()
+                | "Label" >> beam.ParDo(fn)
+            )
+    except Exception as e:  # a worker's full disk, relayed in an error of Beam's making
+        code = is_disk_full(e)
+        if code is None:
+            raise
+        raise DiskFullError(directory, code=code) from e
 
 
 def label_files_beam(
@@ -189,7 +239,7 @@ def label_files_beam(
         teacher: a `Teacher` (with a preprocessor), or a spec for
             `kd_keras.models.teachers.load_teacher` (`"default"` or a path).
         patterns: paths or glob patterns (`kd_keras.data.corpus_files`).
-        output_dir: the labels folder (created).
+        output_dir: the labels folder (created), local or on an object store.
         limit: int or `None`. At most this many sentences, in file order.
         shard_size: int. Sentences per shard.
         store: `"float32"` or `"float16"`.
@@ -213,12 +263,13 @@ def label_files_beam(
     settings = labels._settings(shard_size, store, batch_size, precision)
     start_time = time.perf_counter()
     files, fingerprint, description = labels._corpus_inputs(patterns, limit)
+    _check_reachable([*files, output_dir, export_dir or ""], pipeline_args)
     counts = _sentence_counts(files, limit)
     if isinstance(teacher, (str, os.PathLike)):
         teacher = load_teacher(str(teacher))
-    directory = pathlib.Path(output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    work = directory / WORK_DIR
+    directory = filesystems.to_path(output_dir)
+    filesystems.makedirs(directory)
+    work = filesystems.join(directory, WORK_DIR)
     manifest = labels._new_manifest(teacher, fingerprint, settings, teacher_spec, description)
     key = manifest["key"]
     plan = _plan(files, counts, settings["shard_size"])
@@ -254,7 +305,7 @@ def label_files_beam(
             teacher, read_rows(plan[0][2]), settings["precision"], batch_size=batch_size
         )
     labels._finish(directory, manifest)
-    shutil.rmtree(work, ignore_errors=True)
+    filesystems.remove_tree(work)
     return labels.LabelResult(
         directory,
         manifest["rows"],
@@ -275,4 +326,4 @@ def _write_progress(directory, manifest, entries):
         done.append(entry)
     progress = {**manifest, "shards": done, "rows": done[-1]["rows"][1] if done else 0}
     progress["dim"] = done[0]["dim"] if done else None
-    write_json_atomic(directory / labels.MANIFEST, progress)
+    write_json_atomic(filesystems.join(directory, labels.MANIFEST), progress)

@@ -5,16 +5,18 @@ its `setup` runs; so the module imports no TensorFlow (only Beam, NumPy and
 kd-keras' TF-free modules), and `setup` loads TensorFlow after
 `kd_keras.cli.quiet_tensorflow()`, which holds back its start-up lines in
 every worker. The driver side (planning, the teacher's export, the manifest)
-is `kd_keras.labels_beam`.
+is `kd_keras.labels_beam`. The output folder may be on an object store
+(`gs://...`: `kd_keras.filesystems`, which loads TensorFlow for such a path, as
+`setup` has by then).
 """
 
 import json
 import os
-import pathlib
 
 import apache_beam as beam
 import numpy as np
 
+from kd_keras import filesystems
 from kd_keras.cli import quiet_tensorflow
 from kd_keras.data import read_lines
 from kd_keras.label_shards import save_shard
@@ -25,18 +27,18 @@ __all__ = ["LabelShard", "entry_path", "read_rows", "recorded_entry"]
 
 def entry_path(work, index):
     """Where a worker records shard `index`'s manifest entry, under the work folder."""
-    return pathlib.Path(work) / "entries" / f"shard-{index:05d}.json"
+    return filesystems.join(work, "entries", f"shard-{index:05d}.json")
 
 
 def recorded_entry(directory, work, index, key, rows):
     """The entry a Beam worker recorded for shard `index`, if its shard verifies."""
     path = entry_path(work, index)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(filesystems.read_text(path))
         entry = record["entry"]
         if record["key"] == key and entry["rows"] == rows:
-            shard = directory / entry["file"]
-            if shard.is_file() and file_sha256(shard) == entry["sha256"]:
+            shard = filesystems.join(directory, entry["file"])
+            if filesystems.is_file(shard) and file_sha256(shard) == entry["sha256"]:
                 return entry
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -107,7 +109,7 @@ class LabelShard(beam.DoFn):
 
     def process(self, element):
         index, start, segments = element
-        directory = pathlib.Path(self.output_dir)
+        directory = filesystems.to_path(self.output_dir)
         sentences = read_rows(segments)
         rows = [start, start + len(sentences)]
         entry = recorded_entry(directory, self.work_dir, index, self.key, rows)
@@ -115,6 +117,6 @@ class LabelShard(beam.DoFn):
             embeddings = self._embeddings(sentences)
             entry = save_shard(directory, index, start, sentences, embeddings, self.store)
             path = entry_path(self.work_dir, index)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            filesystems.makedirs(filesystems.parent(path))
             write_json_atomic(path, {"key": self.key, "entry": entry})
         yield entry

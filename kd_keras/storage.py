@@ -16,13 +16,30 @@ The one home of three ideas that every cache and every export shares:
   one, and stops at a damaged one with a `CacheError` that names the file and
   says what to delete.
 
-Only the standard library and NumPy are imported here, so the command line and
-the scripts can use this module without TensorFlow.
+- **Object stores.** A path with a scheme (`gs://...`, `ram://...`) is read
+  and written through `tf.io.gfile` (`kd_keras.filesystems`): `atomic_file`
+  and `atomic_path` write aside and rename over it, `write_arrays`,
+  `read_arrays` and `file_sha256` take one too. Local paths are written as
+  before.
+- **A full disk.** A write that fails for want of space (`ENOSPC`, `EDQUOT`,
+  or a TensorFlow error saying "No space left on device") removes its
+  temporary file or folder and raises `DiskFullError`, one line naming the
+  destination and the phase of the run (`phase("teacher pass")`); the old
+  content, if any, is left as it was.
+- **Folder locks.** `folder_lock(path, command)` keeps a second process off a
+  cache or output folder that one is writing: it refuses with
+  `FolderInUseError`, naming the holder, or waits.
+
+Only the standard library and NumPy are imported here (and kd-keras' own
+`filesystems` and `disk`, the same), so the command line and the scripts can use
+this module without TensorFlow, which `kd_keras.filesystems` imports only for a
+path with a scheme.
 """
 
 import contextlib
 import glob
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -33,18 +50,38 @@ import zipfile
 
 import numpy as np
 
+from kd_keras import filesystems
+from kd_keras.disk import (
+    LOCK_FILE,
+    DiskFullError,
+    FolderInUseError,
+    current_phase,
+    folder_lock,
+    is_disk_full,
+    phase,
+    raise_if_full,
+)
+from kd_keras.filesystems import has_scheme
+
 __all__ = [
     "CACHE_FORMAT",
+    "LOCK_FILE",
     "CacheError",
+    "DiskFullError",
     "Fingerprint",
+    "FolderInUseError",
     "atomic_directory",
     "atomic_file",
     "atomic_path",
     "cached_arrays",
+    "current_phase",
     "digest",
     "directory_size",
     "file_sha256",
+    "folder_lock",
     "format_size",
+    "is_disk_full",
+    "phase",
     "read_arrays",
     "remove_stale_temporaries",
     "save_npy_atomic",
@@ -69,32 +106,64 @@ def atomic_path(path):
     them, such as `keras.Model.save` and `save_weights`; leftovers of killed
     writes (their process is gone) are removed first. The parent folder
     must exist. The file gets mode 0644; on any error it is removed and `path`
-    is left as it was.
+    is left as it was; a full disk is a `DiskFullError`.
+
+    For an object-store `path` (`gs://...`), the temporary file is local (in
+    the system's temporary folder), copied up on success
+    (`kd_keras.filesystems.write_bytes_atomic`).
 
     Yields:
         `pathlib.Path` of the temporary file (created empty).
     """
+    if has_scheme(str(path)):
+        with _remote_path(str(path)) as tmp:
+            yield tmp
+        return
     path = pathlib.Path(path)
     remove_stale_temporaries(path)
     _, dot, suffixes = path.name.partition(".")
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=f"{dot}{suffixes}", dir=path.parent
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=f"{dot}{suffixes}", dir=path.parent
+        )
+    except OSError as e:
+        raise_if_full(e, path)
+        raise
     os.close(fd)
     try:
         yield pathlib.Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         pathlib.Path(tmp).unlink(missing_ok=True)
+        raise_if_full(e, path)
         raise
+
+
+@contextlib.contextmanager
+def _remote_path(path):
+    """`atomic_path` for an object-store `path`: a local temporary file, copied up."""
+    name = filesystems.basename(path)
+    _, dot, suffixes = name.partition(".")
+    fd, tmp = tempfile.mkstemp(prefix=f"kd-keras-{os.getpid()}-", suffix=f"{dot}{suffixes}")
+    os.close(fd)
+    try:
+        yield pathlib.Path(tmp)
+        filesystems.write_bytes_atomic(path, pathlib.Path(tmp).read_bytes())
+    except BaseException as e:
+        raise_if_full(e, path)
+        raise
+    finally:
+        pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_file(path, mode="wb"):
     """Opens a temporary file beside `path`; renames it to `path` on success.
 
-    `atomic_path`, opened: the data is flushed to disk before the rename.
+    `atomic_path`, opened: the data is flushed to disk before the rename. For
+    an object-store `path`, the file is a buffer in memory, written as one
+    object on success (`kd_keras.filesystems.write_bytes_atomic`).
 
     Args:
         path: the destination.
@@ -103,6 +172,16 @@ def atomic_file(path, mode="wb"):
     Yields:
         The open file object.
     """
+    if has_scheme(str(path)):
+        buffer = io.BytesIO() if "b" in mode else io.StringIO()
+        yield buffer
+        data = buffer.getvalue()
+        try:
+            filesystems.write_bytes_atomic(path, data if "b" in mode else data.encode("utf-8"))
+        except OSError as e:
+            raise_if_full(e, path)
+            raise
+        return
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -111,10 +190,11 @@ def atomic_file(path, mode="wb"):
 
 
 def write_text_atomic(path, text):
-    """Writes `text` (UTF-8) to `path` atomically; returns the `pathlib.Path`."""
+    """Writes `text` (UTF-8) to `path` atomically; returns the `pathlib.Path`
+    (the `str` of an object-store path)."""
     with atomic_file(path, "w") as f:
         f.write(text)
-    return pathlib.Path(path)
+    return filesystems.to_path(path)
 
 
 def write_json_atomic(path, value, indent=2):
@@ -126,7 +206,7 @@ def save_npy_atomic(path, array):
     """`np.save(path, array)`, atomically; returns the `pathlib.Path`."""
     with atomic_file(path, "wb") as f:
         np.save(f, array)
-    return pathlib.Path(path)
+    return filesystems.to_path(path)
 
 
 def atomic_directory(path, write, replace=False):
@@ -138,7 +218,9 @@ def atomic_directory(path, write, replace=False):
     (their process is gone) are removed first. An existing `path` is replaced
     only with `replace=True`: it is first renamed aside and deleted once the
     new folder is in place; if anything fails, the temporary folder is
-    removed and `path` restored.
+    removed and `path` restored. A full disk (also inside `write`, a
+    SavedModel's own writes included) is a `DiskFullError` naming `path`.
+    Local folders only.
 
     Args:
         path: the destination folder.
@@ -149,9 +231,15 @@ def atomic_directory(path, write, replace=False):
         `path`, as a `pathlib.Path`.
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = pathlib.Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+        )
+    except OSError as e:
+        raise_if_full(e, path)
+        raise
     try:
         write(tmp)
         if path.exists() or path.is_symlink():
@@ -167,8 +255,9 @@ def atomic_directory(path, write, replace=False):
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_full(e, path)
         raise
     return path
 
@@ -303,9 +392,9 @@ class Fingerprint:
 
 
 def file_sha256(path):
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    """SHA-256 (hex) of a file's bytes (local or object store), read in 1 MiB blocks."""
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
+    with filesystems.open_read(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
@@ -334,15 +423,20 @@ def write_arrays(path, arrays, meta=None):
     """Writes named arrays and a JSON header to one `.npz` file, atomically.
 
     The header holds `meta`, the format and a checksum of the arrays, which
-    `read_arrays` verifies. The parent folder is created if needed.
+    `read_arrays` verifies. The parent folder is created if needed. A full
+    disk is a `DiskFullError` (no partial file left).
 
     Args:
-        path: the `.npz` file.
+        path: the `.npz` file (local or object store).
         arrays: dict of str -> array-like.
         meta: JSON-able dict (for example the fingerprint).
     """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = filesystems.to_path(path)
+    try:
+        filesystems.makedirs(filesystems.parent(path))
+    except OSError as e:
+        raise_if_full(e, path)
+        raise
     arrays = {key: np.asarray(value) for key, value in arrays.items()}
     header = {**(meta or {}), "format": CACHE_FORMAT, "checksum": _checksum(arrays)}
     with atomic_file(path, "wb") as f:
@@ -361,9 +455,10 @@ def read_arrays(path):
         CacheError: naming the file, when it is truncated, corrupted, not a
             kd-keras cache file, or its arrays do not match their checksum.
     """
-    path = pathlib.Path(path)
+    path = filesystems.to_path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        source = io.BytesIO(filesystems.read_bytes(path)) if has_scheme(path) else path
+        with np.load(source, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
         raise _damaged(path, f"truncated or corrupted ({type(e).__name__}: {e})") from None
@@ -397,8 +492,8 @@ def cached_arrays(path, fingerprint, compute, meta=None, rebuild=False):
     Returns:
         The dict of arrays.
     """
-    path = pathlib.Path(path)
-    if path.exists() and not rebuild:
+    path = filesystems.to_path(path)
+    if filesystems.exists(path) and not rebuild:
         stored_meta, arrays = read_arrays(path)
         if stored_meta.get("fingerprint") == fingerprint:
             return arrays

@@ -34,6 +34,9 @@ DEFERRED_IMPORTS = {
     # The optional `[beam]` extra: checked for, then used, only with `--runner beam`.
     "kd_keras/cli/label.py": {"apache_beam"},
     "kd_keras/cli/label_run.py": {"kd_keras.labels_beam"},
+    # `tf.io.gfile`, for object-store paths (`gs://...`) only: the command line's checks
+    # import this module (through `kd_keras.data` and `kd_keras.storage`) before TensorFlow.
+    "kd_keras/filesystems.py": {"tensorflow"},
     # Each Beam worker imports this module before `setup`, which loads TensorFlow only
     # after `quiet_tensorflow()`.
     "kd_keras/labels_beam_worker.py": {"tensorflow", "tensorflow_text"},

@@ -1,6 +1,9 @@
 """`kd_keras.storage`: atomic writes, fingerprints, cache files that name their damage."""
 
+import errno
+import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -141,3 +144,143 @@ def test_leftovers_of_killed_writes_are_removed_live_ones_kept(tmp_path):
     stale.write_bytes(b"half")
     write_arrays(tmp_path / "c.npz", {"a": np.zeros(1)})
     assert not stale.exists()
+
+
+# === A full disk ===
+
+
+def _full(code=errno.ENOSPC):
+    return OSError(code, os.strerror(code))
+
+
+def _message(path, phase, words="no space left on device"):
+    return (
+        f"{words} writing {path} ({phase}): free space and rerun the same command; "
+        "finished work is kept"
+    )
+
+
+def _write_npz(path, content):
+    return write_arrays(path, {"x": np.frombuffer(content.encode(), np.uint8)})
+
+
+def _read_npz(path):
+    return read_arrays(path)[1]["x"].tobytes().decode()
+
+
+def _keras_like(path, content):  # writes its own file to the path it is given
+    with storage.atomic_path(path) as tmp:
+        tmp.write_text(content[:3])
+        if _keras_like.fail:
+            raise _full()
+        tmp.write_text(content)
+
+
+_keras_like.fail = False
+
+WRITERS = {  # name -> (write(path, content), read(path), file name)
+    "write_text_atomic": (write_text_atomic, lambda p: p.read_text(), "report.md"),
+    "write_json_atomic": (
+        lambda p, c: storage.write_json_atomic(p, {"c": c}),
+        lambda p: json.loads(p.read_text())["c"],
+        "metrics.json",
+    ),
+    "save_npy_atomic": (
+        lambda p, c: storage.save_npy_atomic(p, np.array([c])),
+        lambda p: str(np.load(p)[0]),
+        "embeddings.npy",
+    ),
+    "write_arrays": (_write_npz, _read_npz, "teacher-outputs.npz"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_a_full_disk_leaves_the_old_file_and_names_the_path_and_phase(name, tmp_path, monkeypatch):
+    write, read, file_name = WRITERS[name]
+    path = tmp_path / file_name
+    write(path, "old")
+    real_fsync = os.fsync
+
+    def full_fsync(fd):  # the data is in the temporary file, the disk is full
+        raise _full()
+
+    monkeypatch.setattr(os, "fsync", full_fsync)
+    with storage.phase("teacher pass"), pytest.raises(storage.DiskFullError) as caught:
+        write(path, "new content")
+    assert str(caught.value) == _message(path, "teacher pass")
+    assert caught.value.path == str(path) and caught.value.errno == errno.ENOSPC
+    assert isinstance(caught.value, OSError)
+    assert os.listdir(tmp_path) == [file_name]  # no temporary file left
+    assert read(path) == "old"
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    write(path, "new content")  # space freed: the same call succeeds
+    assert read(path) == "new content"
+
+
+def test_a_full_disk_in_a_picky_writer_or_a_folder_write(tmp_path, monkeypatch):
+    path = tmp_path / "student.keras"
+    _keras_like(path, "model one")
+    monkeypatch.setattr(_keras_like, "fail", True)
+    with pytest.raises(storage.DiskFullError) as caught:
+        _keras_like(path, "model two")
+    assert str(caught.value) == _message(path, "writing")  # outside any phase
+    assert os.listdir(tmp_path) == ["student.keras"] and path.read_text() == "model one"
+    monkeypatch.setattr(_keras_like, "fail", False)
+    _keras_like(path, "model two")
+    assert path.read_text() == "model two"
+
+    # A SavedModel's own writes fail with TensorFlow's error, a message and no errno;
+    # an atomic write inside the folder names the folder, not its temporary path.
+    target = tmp_path / "export"
+    atomic_directory(target, lambda d: (d / "f.txt").write_text("one"))
+
+    def tensorflow_full(d):
+        (d / "variables").mkdir()
+        (d / "variables" / "part").write_bytes(b"half")
+        raise RuntimeError(f"{d}/variables/part.tempstate1; No space left on device [Op:SaveV2]")
+
+    def nested_full(d):
+        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(_full(errno.EDQUOT)))
+        write_text_atomic(d / "metadata.json", "{}")
+
+    with storage.phase("export"):
+        with pytest.raises(storage.DiskFullError) as caught:
+            atomic_directory(target, tensorflow_full, replace=True)
+        assert str(caught.value) == _message(target, "export")
+        with pytest.raises(storage.DiskFullError) as caught:
+            atomic_directory(target, nested_full, replace=True)
+        assert str(caught.value) == _message(target, "export", "disk quota exceeded")
+    assert caught.value.errno == errno.EDQUOT
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["export", "student.keras"]
+    assert (target / "f.txt").read_text() == "one"
+    atomic_directory(target, lambda d: (d / "f.txt").write_text("two"), replace=True)
+    assert (target / "f.txt").read_text() == "two"
+
+
+def test_other_errors_stay_what_they_were(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(_full(errno.EIO)))
+    with pytest.raises(OSError) as caught:
+        write_text_atomic(tmp_path / "a.txt", "x")
+    assert type(caught.value) is OSError and caught.value.errno == errno.EIO
+    assert os.listdir(tmp_path) == []
+
+
+def test_phases_nest_and_disk_full_errors_travel():
+    assert storage.current_phase() == "writing"
+    with storage.phase("teacher pass"):
+        with storage.phase("export"):
+            assert storage.current_phase() == "export"
+        assert storage.current_phase() == "teacher pass"
+    assert storage.current_phase() == "writing"
+    try:
+        try:
+            raise _full()
+        except OSError as inner:
+            raise RuntimeError("the pipeline failed") from inner
+    except RuntimeError as outer:
+        assert storage.is_disk_full(outer) == errno.ENOSPC
+    assert storage.is_disk_full(ValueError("Disk quota exceeded")) == errno.EDQUOT
+    assert storage.is_disk_full(OSError(errno.EACCES, "denied")) is None
+    error = pickle.loads(pickle.dumps(storage.DiskFullError("/x/y.npz", "labeling")))
+    assert str(error) == _message("/x/y.npz", "labeling") and error.errno == errno.ENOSPC

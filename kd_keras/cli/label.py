@@ -32,6 +32,7 @@ the Beam extra), read before TensorFlow loads; the labeling is
 """
 
 from kd_keras.data import corpus_files
+from kd_keras.filesystems import has_scheme
 
 __all__ = ["BEAM_MISSING", "add_arguments", "check"]
 
@@ -86,7 +87,9 @@ def add_arguments(parser):
 def check(args):
     """Settings, the Beam extra and the input files, before TensorFlow loads: one-line errors.
 
-    Sets `args.files`: the input files (`kd_keras.data.corpus_files`).
+    Sets `args.files`: the input files (`kd_keras.data.corpus_files`). Inputs on
+    an object store (`gs://...`) are left as given, to be globbed once TensorFlow
+    (which reads them) has loaded, by `kd_keras.cli.label_run`.
     """
     for name in ("shard_size", "batch_size", "limit"):
         value = getattr(args, name)
@@ -103,4 +106,7 @@ def check(args):
             import apache_beam  # noqa: F401  (the optional [beam] extra: is it installed?)
         except ImportError:
             raise ImportError(BEAM_MISSING) from None
-    args.files = corpus_files(args.input)  # a missing input is reported before the teacher loads
+    if any(has_scheme(str(pattern)) for pattern in args.input):
+        args.files = list(args.input)  # globbed and checked by the run, through tf.io.gfile
+    else:  # a missing input is reported before the teacher loads
+        args.files = corpus_files(args.input)

@@ -3,15 +3,26 @@
 The flags and the checks are `kd_keras.cli.label` (`check`); the labels folder
 is `kd_keras.labels`' (`label_files`), or `kd_keras.labels_beam`'s with
 `--runner beam` (the `[beam]` extra).
+
+The output folder is held for the run (`kd_keras.storage.folder_lock`: a second
+`kd-keras label` or `distill` on it refuses, naming this one), and a full disk
+is one line naming the file and the phase, `labeling`
+(`kd_keras.storage.DiskFullError`).
 """
 
 import logging
 import os
 
 from kd_keras.cli.label import check
+from kd_keras.data import corpus_files
+from kd_keras.filesystems import has_scheme
 from kd_keras.labels import label_files
 from kd_keras.models.teachers import load_teacher
 from kd_keras.progress import log
+from kd_keras.storage import folder_lock, phase
+
+COMMAND = "kd-keras label"
+PHASE = "labeling"
 
 __all__ = ["run"]
 
@@ -33,6 +44,14 @@ def run(args):
     exit 2)."""
     if not hasattr(args, "files"):  # called directly, not through the dispatcher
         check(args)
+    if any(has_scheme(str(f)) for f in args.files):  # left to here by `check` (tf.io.gfile)
+        args.files = corpus_files(args.files)
+    with folder_lock(args.output, COMMAND, flag="--output"), phase(PHASE):
+        return _run(args)
+
+
+def _run(args):
+    """The labeling itself, the output folder held."""
     teacher = load_teacher(args.teacher)
     settings = dict(
         limit=args.limit,

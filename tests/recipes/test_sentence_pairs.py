@@ -25,6 +25,12 @@ from kd_keras.recipes.sentence_pairs import training
 HEADER = "sentence1,sentence2,score\n"
 
 
+@pytest.fixture(autouse=True)
+def _in_a_fresh_folder(tmp_path, monkeypatch):
+    """Runs go to `runs/` under the current folder: never the checkout's own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def slice_lines(src, dst, start, count):
     with open(src, encoding="utf-8") as f:
         lines = f.readlines()[start : start + count]

@@ -55,7 +55,7 @@ from kd_keras.progress import log
 from kd_keras.recipes.causal_lm.config import OBJECTIVES, CausalLMConfig, parse_objectives
 from kd_keras.recipes.causal_lm.report import report_text
 from kd_keras.recipes.causal_lm.shipped_data import build_shipped_data
-from kd_keras.storage import write_json_atomic, write_text_atomic
+from kd_keras.storage import folder_lock, phase, write_json_atomic, write_text_atomic
 
 __all__ = ["OBJECTIVES", "build_shipped_data", "resolved", "run"]
 
@@ -288,6 +288,12 @@ def run(config=None):
     c = resolved(config)
     run_dir = pathlib.Path(c.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, "kd-keras distill-lm", flag="--run-dir"):
+        return _run(c, run_dir)
+
+
+def _run(c, run_dir):
+    """The recipe's steps, with the run folder held."""
     keras.utils.set_random_seed(c.seed)
 
     train_examples, test_examples, corpus_lines = _read_data(c)
@@ -301,9 +307,10 @@ def run(config=None):
     test_x, test_y, test_skipped = causal_lm.encode_instructions(test_examples, tokenizer, length)
     corpus_x, corpus_y = causal_lm.encode_corpus(corpus_lines, tokenizer, length)
 
-    teacher, teacher_seconds, reused = _train_teacher(
-        c, run_dir, teacher_tokenizer, teacher_vocab, (corpus_x, corpus_y), (train_x, train_y)
-    )
+    with phase("teacher training"):
+        teacher, teacher_seconds, reused = _train_teacher(
+            c, run_dir, teacher_tokenizer, teacher_vocab, (corpus_x, corpus_y), (train_x, train_y)
+        )
     settings = dataclasses.asdict(c)
     del settings["write_data"]
     # Each objective is a phase of its own: which ones run changes no phase's outcome.
@@ -316,7 +323,9 @@ def run(config=None):
         teacher_eval = causal_lm.masked_perplexity(teacher, test_x, test_y, c.batch_size)
         teacher_eval = phases.mark("teacher_eval", teacher_eval)
     _log(f"teacher: held-out perplexity {teacher_eval['perplexity']:.3f}")
-    students = _students(c, teacher, len(vocabulary), (train_x, train_y), (test_x, test_y), phases)
+    with phase("training"):
+        train, test = (train_x, train_y), (test_x, test_y)
+        students = _students(c, teacher, len(vocabulary), train, test, phases)
 
     settings["objectives"] = parse_objectives(c.objectives)
     metrics = {
@@ -335,8 +344,9 @@ def run(config=None):
         },
         "students": students,
     }
-    write_json_atomic(run_dir / "metrics.json", metrics)
     report = report_text(metrics)
-    write_text_atomic(run_dir / "report.md", report)
+    with phase("report"):
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_text_atomic(run_dir / "report.md", report)
     print(report)
     return metrics

@@ -85,7 +85,13 @@ from kd_keras.recipes.classification.teacher import (
 )
 from kd_keras.recipes.config import ConfigError
 from kd_keras.serving import METADATA_PATH, export_student, load_text_export
-from kd_keras.storage import atomic_path, write_json_atomic, write_text_atomic
+from kd_keras.storage import (
+    atomic_path,
+    folder_lock,
+    phase,
+    write_json_atomic,
+    write_text_atomic,
+)
 from kd_keras.teacher_pass import cache_teacher_outputs, vocabulary_outputs
 from kd_keras.transfer import augment_sentences
 
@@ -437,18 +443,28 @@ def run(config=None):
     run_dir = pathlib.Path(c.run_dir)
     cache_dir = run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, "kd-keras distill-classifier", flag="--run-dir"):
+        return _run(c, run_dir, cache_dir)
+
+
+def _run(c, run_dir, cache_dir):
+    """The recipe's steps, with the run folder held."""
     _log(f"output: {run_dir}")
     data, classes, files = _load_data(c)
     _log(f"data: {len(data['train'][1])} training texts, {len(classes)} classes")
 
     # 1. Teacher and the students' initial embeddings.
-    teacher_clf, preprocessor, teacher_info, inits = _teacher(c, data["train"], classes, cache_dir)
+    with phase("teacher training"):
+        teacher_clf, preprocessor, teacher_info, inits = _teacher(
+            c, data["train"], classes, cache_dir
+        )
 
     # 2. Transfer set and the teacher's logits.
     sentences, labels = _transfer_set(c, *data["train"])
-    teacher_logits, teacher_pass_seconds = _teacher_logits(
-        c, teacher_clf, preprocessor, sentences, cache_dir
-    )
+    with phase("teacher pass"):
+        teacher_logits, teacher_pass_seconds = _teacher_logits(
+            c, teacher_clf, preprocessor, sentences, cache_dir
+        )
     _log(f"transfer set: {len(sentences)} sentences, teacher pass {teacher_pass_seconds:.0f} s")
     ids = pack_texts(preprocessor, sentences)["token_ids"]
     lengths = (ids != 0).sum(axis=1)
@@ -457,14 +473,17 @@ def run(config=None):
     settings = dataclasses.asdict(c)
     phases = Phases(run_dir, {k: settings[k] for k in settings if k not in UNFINGERPRINTED}, _log)
     transfer = (ids, lengths, teacher_logits, labels)
-    students = _students(c, preprocessor, transfer, inits, run_dir, phases)
+    with phase("training"):
+        students = _students(c, preprocessor, transfer, inits, run_dir, phases)
 
     # 4. Export and evaluate through the exports.
     models = {"teacher": (teacher_clf, teacher_info), **students}
-    results = _export_and_evaluate(c, run_dir, preprocessor, models, data, classes, phases)
+    with phase("export"):
+        results = _export_and_evaluate(c, run_dir, preprocessor, models, data, classes, phases)
     metrics = _metrics(c, data, classes, files, labels, teacher_pass_seconds, results)
-    write_json_atomic(run_dir / "metrics.json", metrics)
     report = report_text(metrics)
-    write_text_atomic(run_dir / "report.md", report)
+    with phase("report"):
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_text_atomic(run_dir / "report.md", report)
     print(report)
     return metrics

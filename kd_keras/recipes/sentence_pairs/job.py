@@ -29,6 +29,7 @@ that run to continue from its last checkpoint. A rerun reuses the teacher
 cache, the vocabulary distillation and the teacher's export.
 """
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -39,6 +40,7 @@ import numpy as np
 
 from kd_keras import distribute, evaluation
 from kd_keras.data import corpus_files, read_pairs, read_sentences
+from kd_keras.filesystems import has_scheme
 from kd_keras.labels import label_sentences, read_labels, read_manifest, teacher_fingerprint
 from kd_keras.models.bert_tokenizer import BertPreprocessor
 from kd_keras.models.heads import build_pair_model
@@ -66,7 +68,15 @@ from kd_keras.serving import (
     save_student,
     verify_text_export,
 )
-from kd_keras.storage import cached_arrays, digest, directory_size, file_sha256, write_json_atomic
+from kd_keras.storage import (
+    cached_arrays,
+    digest,
+    directory_size,
+    file_sha256,
+    folder_lock,
+    phase,
+    write_json_atomic,
+)
 from kd_keras.teacher_pass import cache_teacher_outputs
 from kd_keras.transfer import split_heldout, transfer_parts
 
@@ -176,7 +186,7 @@ def _label_folders(c, teacher, free, cache, progress):
                 f"--labels {name} was labeled by another teacher "
                 f"({manifest['teacher']['spec']}) than --teacher {c.teacher}"
             )
-        folders.append(pathlib.Path(name))
+        folders.append(name if has_scheme(name) else pathlib.Path(name))
     return folders
 
 
@@ -409,21 +419,24 @@ def _finish(c, out, phases, teacher_side, encoder, preprocessor, trained, timing
     outputs = ["student"] + ([f"student-{c.quantize}"] if c.quantize != "none" else [])
     done = phases.reused("export", outputs)
     if done is None:
-        rows, seconds = _export(c, out, teacher, encoder, preprocessor)
+        with phase("export"):
+            rows, seconds = _export(c, out, teacher, encoder, preprocessor)
         done = phases.mark("export", {"rows": rows, "seconds": seconds}, outputs)
     timings["export_s"] = done["seconds"]
     rows = [("teacher", str(teacher_dir), teacher.count_params()), *map(tuple, done["rows"])]
     done = phases.reused("evaluate")
     if done is None:
         t0 = time.perf_counter()
-        models = _measure(c, rows, data["test"], data["dev"])
+        with phase("evaluation"):
+            models = _measure(c, rows, data["test"], data["dev"])
         models["student"]["name"] = student_name(c, encoder)
         done = phases.mark("evaluate", {"models": models, "seconds": time.perf_counter() - t0})
     models, timings["evaluation_s"] = done["models"], done["seconds"]
     done = phases.reused("fidelity")
     if done is None:
         t0 = time.perf_counter()
-        figures = fidelity_metrics(c, teacher_dir, out / "student", fidelity, _log)
+        with phase("fidelity"):
+            figures = fidelity_metrics(c, teacher_dir, out / "student", fidelity, _log)
         done = phases.mark("fidelity", {"fidelity": figures, "seconds": time.perf_counter() - t0})
     fidelity = done["fidelity"]
     if "skipped" not in fidelity:
@@ -433,9 +446,11 @@ def _finish(c, out, phases, teacher_side, encoder, preprocessor, trained, timing
     test = data["test"]
     metrics = {**_metrics(c, transfer, test, models, *trained, timings), "fidelity": fidelity}
     scores = {name: m["scores"] for name, m in models.items()}
-    write_json_atomic(out / "test_scores.json", {**scores, "gold": test[2].tolist()}, indent=None)
-    write_report(out, metrics, np.asarray(scores["teacher"]), np.asarray(scores["student"]))
-    write_json_atomic(out / "metrics.json", metrics)
+    with phase("report"):
+        gold = test[2].tolist()
+        write_json_atomic(out / "test_scores.json", {**scores, "gold": gold}, indent=None)
+        write_report(out, metrics, np.asarray(scores["teacher"]), np.asarray(scores["student"]))
+        write_json_atomic(out / "metrics.json", metrics)
     _log(
         f"done in {timings['total_s'] / 60:.1f} min: student keeps "
         f"{metrics['summary']['spearman_kept_pct']:.1f}% of the teacher's Spearman at "
@@ -473,11 +488,26 @@ def run(config=None, progress=True):
     chief = distribute.is_chief(strategy)
     out = _writable_folder(c.output_dir, "--output-dir")
     cache = _writable_folder(c.cache_dir, "--cache-dir")
-    if (out / "metrics.json").exists() and not c.overwrite:
-        raise ConfigError(
-            f"--output-dir {out} holds a finished run (metrics.json); choose another folder, "
-            "or pass --overwrite to train again there"
-        )
+    with _held_folders(c, out, cache, chief):
+        return _run(c, out, cache, chief, strategy, function, progress)
+
+
+def _held_folders(c, out, cache, chief):
+    """The run folder (the chief's) and the cache, one kd-keras run at a time in each.
+
+    A second run on either is refused with the holder's PID
+    (`kd_keras.storage.folder_lock`); a killed run's lock does not block.
+    """
+    held = contextlib.ExitStack()
+    if chief:  # a non-chief writes only its own backup-worker-N
+        held.enter_context(folder_lock(out, "kd-keras distill", flag="--output-dir"))
+    if c.distribute != "multi-worker":  # workers sharing a cache take turns (below)
+        held.enter_context(folder_lock(cache, "kd-keras distill", flag="--cache-dir"))
+    return held
+
+
+def _run(c, out, cache, chief, strategy, function, progress):
+    """The recipe's phases, with the folders held."""
     phases = Phases(out, _phase_settings(c), _log)
     if c.overwrite:
         phases.clear()
@@ -487,13 +517,17 @@ def run(config=None, progress=True):
     keras.utils.set_random_seed(c.seed)
 
     _log(f"output: {out}")
-    teacher_side = _teacher_side(c, cache, progress, chief)
+    # A no-op when the cache is held already; multi-worker processes take turns here.
+    lock = folder_lock(cache, "kd-keras distill", flag="--cache-dir", wait=True)
+    with phase("teacher pass"), lock:
+        teacher_side = _teacher_side(c, cache, progress, chief)
     timings["teacher_pass_s"] = teacher_side[-1]
 
     preprocessor = _student_preprocessor(teacher_side[1], c.sequence_length)
-    encoder, trained = _trained_student(
-        c, out, phases, teacher_side, preprocessor, progress, strategy, function, timings
-    )
+    with phase("training"):
+        encoder, trained = _trained_student(
+            c, out, phases, teacher_side, preprocessor, progress, strategy, function, timings
+        )
     if not chief:
         _log("training done; the chief exports the student and writes the report")
         return None

@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from kd_keras.data import corpus_files
 from kd_keras.evaluation import machine_description
 from kd_keras.recipes.sentence_pairs.config import DistillConfig
-from kd_keras.storage import file_sha256, write_text_atomic
+from kd_keras.storage import atomic_path, file_sha256, write_text_atomic
 from kd_keras.transfer import HELDOUT_SENTENCES
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "data_files",
     "is_stsb",
     "plot_transfer_size",
+    "save_figure",
     "sweep_matches",
     "write_report",
 ]
@@ -149,6 +150,13 @@ def _set_names(c, d):
     return {s: f"{s} ({os.path.basename(str(c[s]))})" for s in ("dev", "test")}
 
 
+def save_figure(fig, path):
+    """`fig.savefig(path, dpi=100)`, atomically (`kd_keras.storage.atomic_path`): a full
+    disk leaves no half-written PNG, and is a `DiskFullError` naming it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+
+
 def plot_transfer_size(rows, path):
     """Draws student dev Spearman against sentences labeled (log x) into the PNG `path`."""
     xs = [r["transfer_sentences"] for r in rows]
@@ -168,7 +176,7 @@ def plot_transfer_size(rows, path):
     ax.set_title("Dev Spearman against transfer-set size")
     ax.legend(loc="center right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def _size_curve_section(out, metrics, curve_file=SIZE_CURVE):
@@ -271,7 +279,7 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     ax.set_title("Training curves")
     fig.tight_layout()
     files["curves"] = "training_curves.png"
-    fig.savefig(out / files["curves"], dpi=100)
+    save_figure(fig, out / files["curves"])
 
     # Teacher versus student similarity on the test split.
     fig = Figure(figsize=(5, 5))
@@ -284,7 +292,7 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     ax.set_title(f"{names['test']} pairs")
     fig.tight_layout()
     files["scatter"] = "similarity_scatter.png"
-    fig.savefig(out / files["scatter"], dpi=100)
+    save_figure(fig, out / files["scatter"])
 
     # Quality against throughput.
     fig = Figure(figsize=(6, 4))
@@ -303,7 +311,7 @@ def _plots(out, metrics, teacher_scores, student_scores, names):
     ax.set_title("Quality against throughput")
     fig.tight_layout()
     files["tradeoff"] = "quality_vs_throughput.png"
-    fig.savefig(out / files["tradeoff"], dpi=100)
+    save_figure(fig, out / files["tradeoff"])
     return files
 
 
