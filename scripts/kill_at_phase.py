@@ -7,7 +7,7 @@ the rerun reused (its log lines), against one uninterrupted run's time.
 
     python scripts/kill_at_phase.py --runs runs/kill --after train export evaluate fidelity \\
         -- distill --cache-dir runs/cache --max-pairs 2000 --unlabeled-limit 4000 --epochs 1
-    python scripts/kill_at_phase.py --runs runs/kill-clf --folder-flag --run-dir \\
+    python scripts/kill_at_phase.py --runs runs/kill-clf --folder-flag=--run-dir \\
         --after train_baseline train_distilled export_teacher -- distill-classifier ...
 """
 
