@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from kd_keras import distribute
 from kd_keras import losses as kd_losses
 
 __all__ = ["Distiller"]
@@ -498,6 +499,13 @@ class Distiller(keras.Model):
         return keras.tree.map_structure(
             lambda v: tf.reshape(v, [1]) if tf.convert_to_tensor(v).shape.rank == 0 else v, logs
         )
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; under `MultiWorkerMirroredStrategy`, a worker that dies
+        stops the others with one `kd_keras.distribute.WorkerLostError` naming it
+        (`kd_keras.distribute.peers_needed`), not a hang or a TensorFlow traceback."""
+        with distribute.peers_needed(self.distribute_strategy):
+            return super().fit(*args, **kwargs)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -41,6 +41,7 @@ from .bert_encoder import hf_to_google_weights, set_google_weights
 from .bert_tokenizer import BertPreprocessor, load_tokenizer_json_vocabulary, load_vocabulary
 from .google_bert import PIPELINE_FILE, encoder_from_bert_config, load_google_bert, read_json
 from .heads import bert_inputs, build_classifier, pool_encoder_outputs
+from .keras_files import check_keras_file
 from .packaged import DEFAULT_PACKAGE, M3E_SMALL_DISTRIBUTION, default_model_dir, m3e_small_dir
 from .torch_checkpoint import read_pytorch_bin
 
@@ -504,6 +505,7 @@ def load_teacher(
     if path.suffix == ".keras":
         if not path.is_file():
             raise FileNotFoundError(f"Teacher model file not found: {path}")
+        check_keras_file(path, "Save the teacher again.")
         model = keras.saving.load_model(str(path))
         return _wrap_keras_model(model, preprocessor, pooling, normalize)
     if not path.exists():

@@ -3,17 +3,21 @@
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kd_keras import distribute
+from kd_keras.data import data_path
 
 GOOD = {
     "cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]},
@@ -326,3 +330,237 @@ def test_two_workers_end_with_the_weights_of_one_process(tmp_path):
                 info[name]["history"][key], info["single"]["history"][key], rtol=0, atol=1e-5
             )
     assert len(info["single"]["history"]["loss"]) == 3
+
+
+# === A dead worker ===
+
+RERUN = "rerun the same command on every worker to resume from the last checkpoint"
+
+
+def test_the_peer_timeout_comes_from_the_environment():
+    assert distribute.peer_timeout({}) == distribute.DEFAULT_PEER_TIMEOUT == 60.0
+    assert distribute.peer_timeout({"KD_KERAS_PEER_TIMEOUT": " 5 "}) == 5.0
+    assert distribute.peer_timeout({"KD_KERAS_PEER_TIMEOUT": "0"}) == 0.0  # watchdog off
+    for bad in ("soon", "-1", "inf", "nan"):
+        with pytest.raises(ValueError, match=f"KD_KERAS_PEER_TIMEOUT='{bad}': expected seconds"):
+            distribute.peer_timeout({"KD_KERAS_PEER_TIMEOUT": bad})
+
+
+def _dead_address():
+    """A `127.0.0.1:port` that refuses connections (its socket is closed)."""
+    return f"127.0.0.1:{_free_ports(1)[0]}"
+
+
+def test_the_watchdog_names_a_peer_that_stops_answering():
+    server = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    lost = []
+    peers = [("worker 1", address)]
+    watchdog = distribute._Watchdog(peers, timeout=0.5, on_lost=lost.append, interval=0.05)
+    watchdog.start()
+    try:
+        time.sleep(1.0)
+        assert lost == []  # answering: more than the timeout, and nothing said
+        server.close()
+        closed = time.monotonic()
+        while not lost and time.monotonic() < closed + 10:
+            time.sleep(0.02)
+        waited = time.monotonic() - closed
+    finally:
+        watchdog.stop()
+        server.close()
+    assert 0.5 - 0.1 <= waited < 3  # silent for the timeout since its last answer
+    assert len(lost) == 1
+    assert re.fullmatch(
+        rf"worker 1 \({address}\) is gone \(connection refused for 0\.\d s\); {RERUN}", lost[0]
+    )
+
+    disarmed = distribute._Watchdog(peers, timeout=0.1, on_lost=lost.append, interval=0.05)
+    disarmed.armed = False  # training started: the collectives report a gone peer
+    disarmed.start()
+    time.sleep(0.5)
+    disarmed.stop()
+    assert len(lost) == 1
+
+
+WATCHDOG_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.argv = ["kd-keras", "distill", "--distribute", "multi-worker"]
+    from kd_keras.cli import quiet_tensorflow
+    quiet_tensorflow()  # as the command line imports TensorFlow
+    from kd_keras import distribute
+    print("teacher pass", flush=True)
+    peers = [("worker 1", ADDRESS)]
+    distribute._Watchdog(peers, 0.5, distribute._stop_process, interval=0.1).start()
+    time.sleep(60)  # the main thread busy elsewhere: a teacher pass
+    print("not stopped", flush=True)
+    """
+)
+
+
+def test_the_watchdog_ends_the_process_with_one_line_and_status_2():
+    address = _dead_address()
+    script = WATCHDOG_SCRIPT.replace("ADDRESS", repr(address))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 50  # not the 60 s of the sleep
+    assert done.stdout == "teacher pass\n"
+    assert re.fullmatch(
+        rf"kd-keras distill: error: worker 1 \({address}\) is gone \(connection refused for "
+        rf"0\.\d s\); {RERUN}\n",
+        done.stderr,
+    )
+
+
+def test_a_collective_that_lost_its_peer_is_one_error_naming_it(monkeypatch):
+    server = socket.create_server(("127.0.0.1", 0))  # alive to a connection
+    alive, dead = f"127.0.0.1:{server.getsockname()[1]}", _dead_address()
+    peers = [("worker 1", dead), ("worker 2", alive)]
+    monkeypatch.setattr(distribute, "num_workers", lambda strategy: 3)
+    monkeypatch.setattr(distribute, "_peers", lambda strategy: peers)
+    refused = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed")
+    try:
+        with pytest.raises(distribute.WorkerLostError) as error:
+            with distribute.lost_peers(None):
+                raise refused
+        assert str(error.value) == f"worker 1 ({dead}) is gone (connection refused); {RERUN}"
+        assert isinstance(error.value, OSError)  # the command line's one-line errors
+
+        peers.pop(0)  # now alive to a connection, but named by TensorFlow's message
+        heartbeats = tf.errors.UnavailableError(
+            None, None, "The following tasks are unhealthy: /job:worker/replica:0/task:2"
+        )
+        with pytest.raises(distribute.WorkerLostError, match=r"^worker 2 \(127\.0\.0\.1:\d+\) "):
+            with distribute.lost_peers(None):
+                raise heartbeats
+        other = tf.errors.UnavailableError(None, None, "a file system is unavailable")
+        with pytest.raises(tf.errors.UnavailableError, match="file system"):
+            with distribute.lost_peers(None):  # not a lost peer: left as it is
+                raise other
+    finally:
+        server.close()
+
+    watchdog = distribute._Watchdog(peers, timeout=60, on_lost=print)
+    monkeypatch.setattr(distribute, "_WATCHDOG", watchdog)
+    with distribute.peers_needed(None):
+        assert not watchdog.armed  # training: the collectives report a gone peer
+
+
+# === `kd-keras distill` on two workers, one killed mid-training, then rerun ===
+
+DISTILL_SETTINGS = {
+    "unlabeled-limit": 60,
+    "augment": 1,
+    "repaired-pairs": 20,
+    "embedding-dim": 16,
+    "hidden-dim": 8,
+    "embedding-init": "random",
+    "epochs": 2,
+    "batch-size": 32,
+    "checkpoints-per-epoch": 4,  # 8 parts: most of the training after the first checkpoint
+    "throughput-seconds": 0.2,
+    "dropout": 0.0,  # each replica would draw its own masks
+    "fidelity": "none",
+}
+
+
+@pytest.fixture
+def tiny_distill(tmp_path, make_tiny_teacher, minilm_vocabulary):
+    """`start(name, tf_config=None)`: a tiny `kd-keras distill` in `tmp_path/name`, as
+    a subprocess (its output in `tmp_path/name.log`), and the processes started."""
+    teacher = make_tiny_teacher(minilm_vocabulary, num_layers=1, sequence_length=128)
+    teacher.save(str(tmp_path / "teacher.keras"))
+    sources = {"train": ("stsb", "sts-train.csv", 240), "dev": ("stsb", "sts-dev.csv", 60)}
+    sources.update(test=("stsb", "sts-test.csv", 80), unlabeled=("sst2", "sentiment-train", 60))
+    flags = [f"--teacher={tmp_path / 'teacher.keras'}"]
+    for flag, (folder, name, count) in sources.items():
+        with open(data_path(folder, name), encoding="utf-8") as f:
+            (tmp_path / flag).write_text("".join(f.readlines()[:count]), encoding="utf-8")
+        flags.append(f"--{flag}={tmp_path / flag}")
+    flags += [f"--{key}={value}" for key, value in DISTILL_SETTINGS.items()]
+    processes = []
+
+    def start(name, tf_config=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_C", "KD_KERAS_"))}
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        argv = [*flags, f"--output-dir={tmp_path / name}", f"--cache-dir={tmp_path / name}-c"]
+        if tf_config is not None:
+            env["TF_CONFIG"] = json.dumps(tf_config)
+            argv.append("--distribute=multi-worker")
+        log = open(tmp_path / f"{name}.log", "a", encoding="utf-8")
+        code = f"import sys; from kd_keras.cli import main; sys.exit(main({['distill', *argv]!r}))"
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.PIPE, text=True
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _cluster(n):
+    return {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
+
+
+def _task(cluster, index):
+    return {"cluster": cluster, "task": {"type": "worker", "index": index}}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_other_and_a_rerun_ends_with_the_same_student(
+    tiny_distill, tmp_path
+):
+    single = tiny_distill("single")  # the reference: one process, never interrupted
+    cluster = _cluster(2)
+    workers = [tiny_distill(f"worker{i}", _task(cluster, i)) for i in range(2)]
+    checkpoint = tmp_path / "worker1" / "backup-worker-1" / "epoch-000001.json"
+    deadline = time.monotonic() + 500
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        assert workers[1].poll() is None, workers[1].communicate()[1]
+        time.sleep(0.05)
+    workers[1].kill()  # SIGKILL, mid-training: 7 of its 8 parts to go
+    killed = time.monotonic()
+    _, err = workers[0].communicate(timeout=distribute.DEFAULT_PEER_TIMEOUT + 60)
+    stopped = time.monotonic() - killed
+    assert workers[0].returncode == 2, err
+    assert err.splitlines() == [
+        f"kd-keras distill: error: worker 1 ({cluster['worker'][1]}) is gone (connection "
+        f"refused); {RERUN}"
+    ]
+    assert stopped < 30, stopped
+    assert not (tmp_path / "worker0" / "student.keras").exists()
+
+    # The same command on both workers (new ports: the old ones may linger): they resume
+    # from the checkpoint they both have and end with the uninterrupted run's student.
+    cluster = _cluster(2)
+    workers = [tiny_distill(f"worker{i}", _task(cluster, i)) for i in range(2)]
+    for name, process in {"worker 0": workers[0], "worker 1": workers[1], "one": single}.items():
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{name}: {err[-3000:]}"
+    for i in range(2):
+        log = (tmp_path / f"worker{i}.log").read_text(encoding="utf-8")
+        assert re.search(r"resuming from the checkpoint after [1-7] of 8 parts", log), log
+    chief = keras.saving.load_model(tmp_path / "worker0" / "student.keras")
+    one = keras.saving.load_model(tmp_path / "single" / "student.keras")
+    assert max(float(np.abs(w).max()) for w in one.get_weights()) > 1e-2
+    for got, want in zip(chief.get_weights(), one.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    metrics = [
+        json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("worker0", "single")
+    ]
+    np.testing.assert_allclose(
+        metrics[0]["training"]["history"]["loss"],
+        metrics[1]["training"]["history"]["loss"],
+        rtol=1e-4,
+    )
+    assert len(metrics[0]["training"]["history"]["loss"]) == 8  # the whole run's history

@@ -2,6 +2,8 @@
 vocabulary pass."""
 
 import re
+import struct
+import zipfile
 
 import keras
 import numpy as np
@@ -323,3 +325,51 @@ def test_default_teacher_tokens_equal_the_previous_implementation():
     # A one-token word through the whole string pipeline gives the same vector.
     word = vocabulary[7592]
     np.testing.assert_allclose(fused[9], run_teacher(teacher, [word])[0], atol=1e-5)
+
+
+def _flip_in_member(path, member):
+    """Flips one bit in the middle of one member's data inside an `.npz` (a zip)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 :][:4])
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.compress_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one bit flipped"])
+@pytest.mark.parametrize("cache", ["teacher pass", "vocabulary"])
+def test_a_damaged_cache_is_named_never_used_nor_computed_over(
+    teacher, tmp_path, monkeypatch, cache, damage
+):
+    path = tmp_path / "cache.npz"
+    if cache == "teacher pass":
+        member, compute = "array.npy", "run_teacher"
+
+        def read():
+            return cache_teacher_outputs(teacher, SENTENCES, path, batch_size=8, progress=False)
+    else:
+        member, compute = "outputs.npy", "vocabulary_token_outputs"
+
+        def read():
+            return teacher_pass.vocabulary_outputs(teacher, path, batch_size=8)
+
+    first = read()
+    np.testing.assert_array_equal(read(), first)  # the cache, read back
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        _flip_in_member(path, member)
+    damaged = path.read_bytes()
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a damaged cache must not be computed over")
+
+    monkeypatch.setattr(teacher_pass, compute, no_compute)
+    with pytest.raises(CacheError) as error:
+        read()
+    message = str(error.value)
+    assert message.startswith(f"Cache file {path} is ") and "\n" not in message
+    assert message.endswith("Delete it to compute it again.")
+    assert path.read_bytes() == damaged

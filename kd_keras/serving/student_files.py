@@ -23,6 +23,7 @@ import keras
 
 import kd_keras
 import kd_keras.models.bert_tokenizer  # noqa: F401  (registers BertPreprocessor)
+from kd_keras.models.keras_files import check_keras_file
 from kd_keras.storage import atomic_path, write_text_atomic
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 PREPROCESSOR_FORMAT = "kd_keras.preprocessor.v1"
+# What a damaged student `.keras` file's error says to do.
+STUDENT_REMEDY = "Export it again from its training run, or retrain it (kd-keras distill)."
 _SIDECAR_SUFFIX = ".preprocessor.json"
 
 
@@ -227,6 +230,8 @@ def save_student(student, path, preprocessor, modules=()):
 def load_student(path, preprocessor=None):
     """Loads a `.keras` student and its preprocessor.
 
+    The file is checked whole first (`kd_keras.models.keras_files`): a
+    truncated or corrupted one is a `ValueError` naming it, never loaded.
     A `.keras` file holding a whole `Distiller` gives its student (and the
     teacher's preprocessor when no sidecar is found). The modules the
     sidecar records (`save_student(..., modules=...)`) are imported first.
@@ -245,6 +250,7 @@ def load_student(path, preprocessor=None):
         raise ValueError(f"Student file must be a .keras file; received {path}.")
     if not path.is_file():
         raise FileNotFoundError(f"Student model file not found: {path}")
+    check_keras_file(path, STUDENT_REMEDY)  # a truncated or corrupted file, before Keras
     sidecar = preprocessor_sidecar_path(path)
     if sidecar.is_file():
         import_modules(_read_sidecar(sidecar).get("modules", []), sidecar)

@@ -797,3 +797,10 @@ def test_binary_hard_loss_is_the_gold_term_for_zero_one_pairs():
     assert logs["student_loss"] == pytest.approx(per[keep].mean(), rel=1e-5, abs=1e-7)
     with pytest.raises(ConfigError, match="hard_loss|hard-loss"):
         sentence_pairs.DistillConfig(hard_loss="hinge").validate()
+
+
+def test_unlabeled_none_stays_none_when_the_config_is_resolved_again():
+    once = sentence_pairs.DistillConfig(unlabeled="none").resolved()
+    twice = once.resolved()
+    assert not once.unlabeled and not twice.unlabeled
+    assert "transfer-en" in sentence_pairs.DistillConfig().resolved().unlabeled

@@ -7,6 +7,7 @@ call, as in `test_text_model.py`.
 import json
 import sys
 import textwrap
+import zipfile
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ from kd_keras import cli, serving
 from kd_keras.models.bert_tokenizer import BertPreprocessor
 from kd_keras.models.bilstm import build_bilstm_encoder
 from kd_keras.models.static import build_static_encoder
+from kd_keras.models.teachers import load_teacher
 from kd_keras.models.tiny_bert import build_tiny_bert_student
 
 SENTENCES = ["a b c", "d e f g h", "", "z", "q r s t u v w x y"]
@@ -167,3 +169,33 @@ def test_a_sidecar_without_modules_and_bad_module_names(preprocessor, tmp_path):
     sidecar.write_text(json.dumps({**document, "modules": "my_layers"}))
     with pytest.raises(ValueError, match="`modules` must be a list"):
         serving.load_student(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one bit flipped"])
+def test_a_damaged_keras_file_is_named_and_never_loaded(damage, preprocessor, tmp_path, capsys):
+    student = _student("bilstm", len(preprocessor.vocabulary))
+    path, _ = serving.save_student(student, tmp_path / "student.keras", preprocessor)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01  # inside model.weights.h5, the bulk of the archive
+    path.write_bytes(bytes(data))
+    # Keras alone: a truncated file is "File not found", a flipped bit a bare BadZipFile
+    # (not a ValueError: a traceback on the command line), neither naming the damage.
+    with pytest.raises((ValueError, zipfile.BadZipFile)) as plain:
+        keras.saving.load_model(str(path))
+    assert "is damaged" not in str(plain.value)
+
+    why = "not a whole zip archive" if damage == "truncated" else "model.weights.h5 fails its CRC"
+    with pytest.raises(ValueError, match=rf"student\.keras is damaged \(.*{why}.*retrain it"):
+        serving.load_student(path)
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=r"teacher\.keras is damaged .*Save the teacher again\."):
+        load_teacher(str(teacher))
+    out = tmp_path / "export"
+    assert cli.main(["export", "--student", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kd-keras export: error: {path} is damaged (") and err.count("\n") == 1
+    assert not out.exists()

@@ -183,7 +183,7 @@ class DistillConfig:
         if c.unlabeled is None:
             c.unlabeled = data_path("transfer-en", "*.txt.gz", override=c.data_dir)
         if c.unlabeled == "none":
-            c.unlabeled = None
+            c.unlabeled = ""  # none, and stays none when resolved again (`None` is the default)
         if c.fidelity is None:  # the corpus' held-out tails, when the data folder has them
             c.fidelity = _transfer_glob(c.data_dir)
         runs = pathlib.Path.cwd() / "runs"

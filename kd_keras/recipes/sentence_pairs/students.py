@@ -40,7 +40,7 @@ import time
 import keras
 import numpy as np
 
-from kd_keras import teacher_pass
+from kd_keras import distribute, teacher_pass
 from kd_keras.models.bilstm import build_bilstm_encoder
 from kd_keras.models.static import build_static_encoder, sif_weights, token_counts
 from kd_keras.models.student_init import student_embeddings
@@ -241,7 +241,7 @@ def _build_own(c, function, teacher, preprocessor, cache, progress, strategy):
     if "token_embeddings" in names:  # computed only when asked for
         kwargs["token_embeddings"], seconds = _token_embeddings(c, teacher, cache, progress)
     spec = student_spec(c.student)
-    with strategy.scope():
+    with distribute.scope(strategy):
         model = function(**{n: kwargs[n] for n in names})
         encoder = own_student(model, spec, kwargs["output_dim"])
     change = padding_effect(encoder, kwargs["vocabulary_size"])
@@ -296,7 +296,7 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
     if function is not None:
         return _build_own(c, function, teacher, preprocessor, cache, progress, strategy)
     if c.student == "tiny_bert":
-        with strategy.scope():
+        with distribute.scope(strategy):
             return build_tiny_bert_student(
                 teacher=teacher,
                 num_layers=c.bert_layers,
@@ -310,7 +310,7 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
         weights = None
         if init is not None:
             weights = sif_weights(token_counts(teacher.preprocessor, sentences))
-        with strategy.scope():
+        with distribute.scope(strategy):
             return build_static_encoder(
                 vocabulary_size,
                 c.embedding_dim,
@@ -318,7 +318,7 @@ def build_student(c, teacher, preprocessor, cache, progress, strategy, sentences
                 "uniform" if init is None else init,
                 token_weights=weights,
             ), seconds
-    with strategy.scope():
+    with distribute.scope(strategy):
         return build_bilstm_encoder(
             vocabulary_size,
             embedding_dim=c.embedding_dim,

@@ -24,12 +24,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_keras import distribute
+from kd_keras import distribute, filesystems
 from kd_keras.batching import bucket_by_length
 from kd_keras.checkpoints import ResumableBackup, StopOnNonFiniteLoss, training_progress
 from kd_keras.correlation import spearman
 from kd_keras.distiller import Distiller
-from kd_keras.labels import labels_dataset, read_labels
+from kd_keras.labels import labels_dataset, read_labels, read_manifest
 from kd_keras.progress import log
 from kd_keras.recipes.sentence_pairs.objectives import (
     BinaryPairLoss,
@@ -39,11 +39,13 @@ from kd_keras.recipes.sentence_pairs.objectives import (
     teacher_pair_outputs,
 )
 from kd_keras.recipes.sentence_pairs.students import student_name
+from kd_keras.storage import CacheError, file_sha256
 
 __all__ = [
     "SHUFFLE_BUFFER",
     "DevCurve",
     "StepHistory",
+    "check_label_shards",
     "compiled_distiller",
     "pair_datasets",
     "target_transform",
@@ -381,6 +383,26 @@ def compiled_distiller(c, encoder, steps):
     return distiller, chunk
 
 
+def check_label_shards(folders):
+    """Checks every shard of the labels `folders` against its manifest's SHA-256.
+
+    Training streams the shards through `tf.data`, which would stop at a
+    damaged one mid-training with TensorFlow's traceback; this finds it first.
+
+    Raises:
+        CacheError: one line naming the shard and how to label it again.
+    """
+    for folder in folders:
+        for entry in (read_manifest(folder) or {}).get("shards", []):
+            path = filesystems.join(folder, entry["file"])
+            if not filesystems.is_file(path) or file_sha256(path) != entry["sha256"]:
+                raise CacheError(
+                    f"{path} is missing or fails its checksum; nothing was trained on it. Label "
+                    f"{folder} again (the same kd-keras label command labels only that shard "
+                    "again)."
+                )
+
+
 def train(c, out, data, encoder, preprocessor, progress, strategy):
     """Trains the student's pair model (the recipe's step 2).
 
@@ -393,6 +415,7 @@ def train(c, out, data, encoder, preprocessor, progress, strategy):
     same global batches and keeps its own checkpoints (`kd_keras.distribute`).
     """
     pairs, tables, labels, dev = data
+    check_label_shards(labels)
     train_ds, val_ds, steps = pair_datasets(
         c, pairs, tables, preprocessor, encoder, dev, labels=labels
     )
@@ -401,7 +424,7 @@ def train(c, out, data, encoder, preprocessor, progress, strategy):
     dev_batches = val_ds  # whole on every worker: each scores all the dev pairs
     train_ds = distribute.shard_global_batches(train_ds)
     val_ds = distribute.shard_global_batches(val_ds)
-    with strategy.scope():
+    with distribute.scope(strategy):
         distiller, chunk = compiled_distiller(c, encoder, steps)
     curve = StepHistory()
     dev_curve = DevCurve(distiller.student, dev_batches, patience=c.early_stopping)
@@ -410,6 +433,7 @@ def train(c, out, data, encoder, preprocessor, progress, strategy):
         backup_dir,
         states={"step_loss": curve, "dev_curve": dev_curve},
         keep=dev_curve.best_epoch if c.early_stopping else None,
+        strategy=strategy,
     )
     parts = c.epochs * c.checkpoints_per_epoch
     stopping = (
@@ -422,15 +446,17 @@ def train(c, out, data, encoder, preprocessor, progress, strategy):
         f"{c.epochs} epoch(s) of {steps} steps, checkpoint and dev Spearman every {chunk} "
         f"steps{stopping}"
     )
-    done = backup.checkpoints()
+    done = backup.resume_epoch()  # verified; under multi-worker, one all workers have
     if done:
         _log(
-            f"resuming from the checkpoint after {done[-1]} of {parts} parts "
-            f"({done[-1] / c.checkpoints_per_epoch:g} epochs)"
+            f"resuming from the checkpoint after {done} of {parts} parts "
+            f"({done / c.checkpoints_per_epoch:g} epochs)"
         )
         saved = backup.saved_state("dev_curve")
         if saved and saved["stopped"]:
-            parts = done[-1]  # it had stopped early: nothing more to train
+            parts = done  # it had stopped early: nothing more to train
+        # The stream goes on where the checkpoint left it, as in an uninterrupted run.
+        train_ds = train_ds.skip(done * chunk)
     # Each epoch runs as `checkpoints_per_epoch` Keras epochs of `chunk` steps
     # over one endless stream, each ending with an atomic checkpoint; the
     # progress the user sees counts the epochs asked for. A non-finite loss
