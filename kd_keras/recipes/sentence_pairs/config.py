@@ -192,6 +192,16 @@ class DistillConfig:
         c.cache_dir = os.path.abspath(c.cache_dir) if c.cache_dir else str(runs / "cache")
         return c
 
+    def pair_columns(self):
+        """How the pair files are read: `read_pairs`'s keyword arguments."""
+        return dict(
+            format=self.format,
+            sentence_a=self.sentence_a,
+            sentence_b=self.sentence_b,
+            score=self.score,
+            max_score=self.max_score,
+        )
+
     def as_dict(self):
         """The settings as a JSON-ready dict: a student function as `module:qualname`."""
         return {**dataclasses.asdict(self), "student": student_spec(self.student)}

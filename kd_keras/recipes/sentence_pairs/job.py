@@ -114,14 +114,8 @@ def _load_data(c):
     The held-out tails of the transfer-en files (`kd_keras.transfer.split_heldout`)
     are never sampled; they are returned for the fidelity step.
     """
-    kwargs = dict(
-        format=c.format,
-        sentence_a=c.sentence_a,
-        sentence_b=c.sentence_b,
-        score=c.score,
-        max_score=c.max_score,
-    )
-    data = {split: read_pairs(getattr(c, split), **kwargs) for split in ("train", "dev", "test")}
+    columns = c.pair_columns()
+    data = {split: read_pairs(getattr(c, split), **columns) for split in ("train", "dev", "test")}
     unlabeled, mix, heldout = [], {}, {}
     if c.unlabeled and c.unlabeled_limit:
         # Several files or globs, comma-separated, plain or .gz; the first

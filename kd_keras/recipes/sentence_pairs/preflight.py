@@ -30,15 +30,8 @@ def preflight(config):
             folder that cannot be created, a finished run without `--overwrite`.
     """
     c = config.resolved()
-    columns = dict(
-        format=c.format,
-        sentence_a=c.sentence_a,
-        sentence_b=c.sentence_b,
-        score=c.score,
-        max_score=c.max_score,
-    )
     for split in ("train", "dev", "test"):
-        read_pairs(getattr(c, split), limit=1, **columns)
+        read_pairs(getattr(c, split), limit=1, **c.pair_columns())
     if c.unlabeled and c.unlabeled_limit:
         corpus_files(_patterns(c.unlabeled))
     if c.fidelity and c.fidelity != "none":
