@@ -529,15 +529,15 @@ def test_a_killed_worker_stops_the_other_and_a_rerun_ends_with_the_same_student(
         assert workers[1].poll() is None, workers[1].communicate()[1]
         time.sleep(0.05)
     workers[1].kill()  # SIGKILL, mid-training: 7 of its 8 parts to go
-    killed = time.monotonic()
-    _, err = workers[0].communicate(timeout=distribute.DEFAULT_PEER_TIMEOUT + 60)
-    stopped = time.monotonic() - killed
+    # It stops rather than hangs (the timeout), on TensorFlow's own failed collective
+    # ("connection refused", not the watchdog's silence): how soon TensorFlow notices
+    # depends on the machine's load (6 s here, 32 s once in CI), so no bound on it.
+    _, err = workers[0].communicate(timeout=distribute.DEFAULT_PEER_TIMEOUT + 120)
     assert workers[0].returncode == 2, err
     assert err.splitlines() == [
         f"kd-keras distill: error: worker 1 ({cluster['worker'][1]}) is gone (connection "
         f"refused); {RERUN}"
     ]
-    assert stopped < 30, stopped
     assert not (tmp_path / "worker0" / "student.keras").exists()
 
     # The same command on both workers (new ports: the old ones may linger): they resume
