@@ -13,7 +13,8 @@ way, its quality and latency in a fresh process of its own
   of the rounds' ratios to the first model;
 - batch-1 latency (p50) through `embed`, one test sentence per call;
 - per-source fidelity to the first model on the held-out tails of the 23
-  transfer-en files (`--fidelity-limit` sentences each, 300; the sample of
+  transfer-en files (or the 18 of `--fidelity-corpus transfer-zh`;
+  `--fidelity-limit` sentences each, 300; the sample of
   `kd-keras distill`'s fidelity table): Spearman of the two models' cosines
   of random pairs, mean and worst source, and nearest-neighbour recall@10;
 - the SavedModel's size on disk, and its weights' precision (`float32`, or
@@ -114,7 +115,13 @@ def _parse_args(argv):
         type=int,
         default=300,
         help="per-source fidelity to the first model: this many held-out sentences of each "
-        "transfer-en file (the tails training never samples; 0: no fidelity columns)",
+        "--fidelity-corpus file (the tails training never samples; 0: no fidelity columns)",
+    )
+    parser.add_argument(
+        "--fidelity-corpus",
+        default="transfer-en",
+        choices=("transfer-en", "transfer-zh"),
+        help="the shipped transfer corpus whose held-out tails the fidelity columns use",
     )
     parser.add_argument("--plot", type=pathlib.Path, default=None, help="PNG of the frontier")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="the table as JSON")
@@ -254,16 +261,14 @@ def measure(models, test, dev, seconds, latency_calls, rounds=5):
     return rows
 
 
-def fidelity_sets(limit, seed=0):
-    """`{source: sentences}`: `limit` held-out sentences of every transfer-en file,
+def fidelity_sets(limit, seed=0, corpus="transfer-en"):
+    """`{source: sentences}`: `limit` held-out sentences of every `corpus` file,
     the sample of `kd-keras distill`'s default fidelity table (`agreement.fidelity_sets`)."""
     from kd_keras.data import data_path
     from kd_keras.recipes.sentence_pairs import DistillConfig
     from kd_keras.recipes.sentence_pairs.agreement import fidelity_sets as recipe_sets
 
-    config = DistillConfig(
-        fidelity=data_path("transfer-en", "*.txt.gz"), fidelity_limit=limit, seed=seed
-    )
+    config = DistillConfig(fidelity=data_path(corpus, "*.txt.gz"), fidelity_limit=limit, seed=seed)
     return {name: source["sentences"] for name, source in recipe_sets(config).items()}
 
 
@@ -312,7 +317,7 @@ def print_table(rows):
     if fidelity:
         print(
             "fid.: Spearman x100 of the row's and the first model's cosines of 2,000 random pairs "
-            "of held-out transfer-en sentences, the mean and the worst of the 23 sources; "
+            "of held-out transfer corpus sentences, the mean and the worst of its sources; "
             "R@10: nearest-neighbour recall x100"
         )
 
@@ -380,7 +385,9 @@ def main(argv=None):
         models += st_onnx_models(st_onnx, args.work or temporary)
         rows = measure(models, test, dev, args.seconds, args.latency_calls, args.rounds)
         if args.fidelity_limit:  # after the timing: it loads every model in this process
-            add_fidelity(rows, models, fidelity_sets(args.fidelity_limit))
+            add_fidelity(
+                rows, models, fidelity_sets(args.fidelity_limit, corpus=args.fidelity_corpus)
+            )
     print(f"{cpu_description()}; {len(test[0])} test pairs; speed over their sentences")
     print_table(rows)
     if args.json:

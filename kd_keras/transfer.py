@@ -7,8 +7,9 @@ and synthetic ones made by token masking and n-gram sampling, and new pairs
 made by randomly re-pairing sentences.
 
 Held-out sentences: the last `HELDOUT_SENTENCES` (500) sentences of each file
-of the shipped transfer corpus (a file in a folder named `transfer-en`; the
-last half of a file of fewer than 1,000 sentences) are never sampled for
+of a shipped transfer corpus (a file in a folder named `transfer-en` or
+`transfer-zh`, `HELDOUT_FOLDERS`; the last half of a file of fewer than 1,000
+sentences) are never sampled for
 training (`split_heldout`); `kd-keras distill` measures the student's
 fidelity to the teacher on them (`heldout_sentences`).
 """
@@ -22,7 +23,7 @@ import numpy as np
 from kd_keras.data import read_sentences
 
 __all__ = [
-    "HELDOUT_FOLDER",
+    "HELDOUT_FOLDERS",
     "HELDOUT_SENTENCES",
     "TransferSet",
     "augment_sentence",
@@ -34,8 +35,9 @@ __all__ = [
     "transfer_parts",
 ]
 
-# The held-out tail of every file of the shipped transfer corpus (`split_heldout`).
-HELDOUT_FOLDER = "transfer-en"
+# The shipped transfer corpora, English and Chinese: every file in a folder of
+# one of these names keeps a held-out tail (`split_heldout`).
+HELDOUT_FOLDERS = ("transfer-en", "transfer-zh")
 HELDOUT_SENTENCES = 500
 
 
@@ -204,7 +206,7 @@ def build_transfer_set(
         sentences_a, sentences_b: lists of str, the gold pairs.
         scores: array of gold scores.
         unlabeled: iterable of extra str sentences (e.g. those the recipe samples from
-            the transfer-en corpus).
+            a transfer corpus).
         augment_per_sentence: int. Synthetic variants per gold and unlabeled
             sentence (`augment_sentences`).
         repaired_pairs: int. Random re-pairings to add.
@@ -277,12 +279,13 @@ def transfer_parts(
 
 
 def is_heldout_source(path):
-    """Whether `path` is a file of the shipped transfer corpus: in a folder named `transfer-en`."""
-    return os.path.basename(os.path.dirname(os.path.abspath(str(path)))) == HELDOUT_FOLDER
+    """Whether `path` is a file of a shipped transfer corpus: in a folder named as one of
+    `HELDOUT_FOLDERS` (`transfer-en`, `transfer-zh`)."""
+    return os.path.basename(os.path.dirname(os.path.abspath(str(path)))) in HELDOUT_FOLDERS
 
 
 def split_heldout(path, sentences):
-    """`(for training, held out)`: a transfer-en file's sentences without and with its tail.
+    """`(for training, held out)`: a transfer corpus file's sentences without and with its tail.
 
     The held-out tail is the last `HELDOUT_SENTENCES` sentences (non-empty
     lines, as `kd_keras.data.read_sentences` gives them) of a file of the
@@ -302,5 +305,5 @@ def split_heldout(path, sentences):
 
 
 def heldout_sentences(path):
-    """The held-out tail of a transfer-en file (`split_heldout`); the whole file is read."""
+    """The held-out tail of a transfer corpus file (`split_heldout`); the whole file is read."""
     return split_heldout(path, read_sentences(path))[1]

@@ -13,7 +13,7 @@ their embeddings: Spearman x100 between the two models' cosines of
 `--pairs` random sentence pairs, nearest-neighbour recall@10 x100 (the share
 of each sentence's 10 nearest by the teacher that are among its 10 nearest by
 the student), and the pairs on which the two disagree most. A file of the
-shipped transfer corpus (in a folder named `transfer-en`) gives only its
+shipped transfer corpora (in a folder named `transfer-en` or `transfer-zh`) gives only its
 held-out tail, the sentences `kd-keras distill` never trains on
 (`kd_keras.transfer.split_heldout`), as the fidelity table of its report does.
 
@@ -49,7 +49,7 @@ def add_arguments(parser):
         required=True,
         metavar="FILE",
         help="text files (or globs), one sentence per line (its first tab-separated field), "
-        "plain or .gz; a transfer-en file gives its held-out tail",
+        "plain or .gz; a transfer-en or transfer-zh file gives its held-out tail",
     )
     parser.add_argument(
         "--limit", type=int, default=2000, help="sentences per file, a seeded sample (0: all)"

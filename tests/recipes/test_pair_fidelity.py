@@ -2,6 +2,7 @@
 teacher's embeddings cached (its table in the report: test_pair_report.py)."""
 
 import dataclasses
+import pathlib
 
 import pytest
 
@@ -60,6 +61,35 @@ def test_fidelity_defaults_to_the_data_folders_transfer_en_when_it_has_one(tmp_p
     assert bare.fidelity is None  # no transfer-en there: the step says it skipped
     with pytest.raises(ConfigError, match="--fidelity-limit must be at least 0; got -1"):
         DistillConfig(fidelity_limit=-1).validate()
+
+
+def test_a_chinese_run_samples_transfer_zh_and_measures_fidelity_on_its_tails(tmp_path):
+    # The named Chinese teacher's default corpus is the Chinese one, and the fidelity
+    # default follows the corpus --unlabeled samples: its files' held-out tails.
+    zh = DistillConfig(teacher="m3e-small").resolved()
+    assert zh.unlabeled.endswith("transfer-zh/*.txt.gz")
+    assert zh.fidelity == zh.unlabeled
+    given = DistillConfig(unlabeled="data/transfer-zh/laws.txt.gz").resolved()
+    assert given.fidelity == str(pathlib.Path.cwd() / "data/transfer-zh/*.txt.gz")
+    both = DistillConfig(
+        unlabeled="data/transfer-zh/*.txt.gz, data/transfer-en/gap.txt.gz, mine.txt"
+    ).resolved()
+    assert both.fidelity.split(",") == [
+        str(pathlib.Path.cwd() / "data" / corpus / "*.txt.gz")
+        for corpus in ("transfer-zh", "transfer-en")
+    ]
+    # Your own unlabeled files: the English corpus' tails, as before; none stays none.
+    own = DistillConfig(unlabeled=str(tmp_path / "mine.txt")).resolved()
+    assert own.fidelity.endswith("transfer-en/*.txt.gz")
+    assert DistillConfig(fidelity="none", teacher="m3e-small").resolved().fidelity == "none"
+
+    corpus = tmp_path / "transfer-zh"
+    corpus.mkdir()
+    lines = [f"第{i}句中文句子" for i in range(1200)]
+    (corpus / "news.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = DistillConfig(fidelity=str(corpus / "*.txt"), fidelity_limit=0).resolved()
+    sets = agreement.fidelity_sets(config)
+    assert sets["news.txt"]["held_out"] and sets["news.txt"]["sentences"] == lines[700:]
 
 
 @pytest.fixture(scope="module")

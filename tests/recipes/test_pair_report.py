@@ -267,10 +267,11 @@ def test_labels_folders_are_in_the_mix_with_their_store(
     assert "stored in `float32`" not in text
 
 
-def _fidelity_metrics():
+def _fidelity_metrics(corpus="transfer-en"):
     sources = {}
     for name, rho, recall in (("gap.txt.gz", 80.0, 60.0), ("sgd.txt.gz", 70.0, 65.0)):
         sources[name] = {
+            "file": f"/somewhere/data/{corpus}/{name}",
             "sentences": 300,
             "pairs": 2000,
             "spearman": rho,
@@ -303,6 +304,10 @@ def test_report_has_the_per_source_fidelity_table_with_mean_and_worst(tmp_path):
     assert rows[3] == "| `gap.txt.gz` | 300 | 80.00 | 60.00 |"
     assert rows[4] == "| **mean** | | **75.00** | **62.50** |"
     assert rows[5] == "| **worst** | | 70.00 (`sgd.txt.gz`) | 60.00 (`gap.txt.gz`) |"
+    # A Chinese run's table names the Chinese corpus.
+    metrics["fidelity"] = _fidelity_metrics("transfer-zh")
+    text, _ = written_report(tmp_path, metrics)
+    assert "held-out sentences of each transfer-zh source (the last 500" in text
     assert "| 0.900 | 0.100 | a \\| b | c |" in text
     assert "fidelity 7 s" in text
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from kd_keras import cli, teacher_pass
 from kd_keras.batching import TRAIN_BUCKETS
-from kd_keras.data import DataError, data_path
+from kd_keras.data import DataError, data_path, read_sentences
 from kd_keras.evaluation import pearson, spearman
 from kd_keras.recipes import sentence_pairs
 from kd_keras.recipes.config import (
@@ -613,6 +613,28 @@ def test_the_default_sample_leaves_every_transfer_en_tail_out():
     for path, tail in heldout.items():
         assert len(tail) == 500 and tail == heldout_sentences(path)
         assert not sampled & set(tail), path
+
+
+def test_the_chinese_config_samples_transfer_zh_and_leaves_its_tails_and_cnsd_out(monkeypatch):
+    from kd_keras.recipes.sentence_pairs import job
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # the config's paths are the checkout's
+    settings = load_config_file("configs/zh-m3e.yaml", sentence_pairs.DistillConfig)
+    config = sentence_pairs.DistillConfig(**settings).resolved()
+    config.validate()
+    assert config.teacher == "m3e-small"
+    assert config.fidelity == str(root / config.unlabeled)  # the tails of the corpus it samples
+    data, unlabeled, _, heldout = job._load_data(config)
+    assert len(unlabeled) == config.unlabeled_limit and len(heldout) == 18
+    assert {pathlib.Path(p).parent.name for p in heldout} == {"transfer-zh"}
+    sampled = set(unlabeled)
+    for path, tail in heldout.items():
+        every = read_sentences(path)  # cluewsc_fiction's 983: its last half held out
+        assert len(tail) == min(500, len(every) // 2) and tail == every[len(every) - len(tail) :]
+        assert not sampled & set(tail), path
+    cnsd = {s for a, b, _ in data.values() for s in (*a, *b)}
+    assert len(cnsd) > 10000 and not sampled & cnsd  # the corpus has none of CNSD's sentences
 
 
 def test_labels_of_another_teacher_are_refused(tmp_path, make_tiny_teacher, minilm_vocabulary):

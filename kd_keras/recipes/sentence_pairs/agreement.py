@@ -1,10 +1,10 @@
 """The fidelity step of `kd-keras distill`: the student's agreement with its teacher
 on sentences without labels, per source, through the two exports.
 
-By default the sentences are the held-out tails of the transfer-en files
+By default the sentences are the held-out tails of the transfer corpus files
 (`kd_keras.transfer.split_heldout`: never sampled for training), `--fidelity-limit`
 (300) of each, a seeded sample; `--fidelity FILES` takes your own files
-instead (a transfer-en file among them still gives only its tail), and
+instead (a transfer-en or transfer-zh file among them still gives only its tail), and
 `--fidelity none` skips the step. Both raw-text exports embed them in a fresh
 process, as they are measured on STS-B; the teacher's embeddings are cached
 beside its export (keyed by its `fingerprint.pb` and the sentences). The
@@ -25,7 +25,7 @@ __all__ = ["fidelity_metrics", "fidelity_sets", "measure_fidelity"]
 
 def fidelity_sets(c, heldout=None):
     """`{source name: {"path", "held_out", "sentences"}}` to measure on, or a str saying
-    why there are none (`held_out`: the file's held-out tail, a transfer-en file).
+    why there are none (`held_out`: the file's held-out tail, a transfer corpus file).
 
     Read before the teacher pass, so that a bad file stops the run early.
 

@@ -11,7 +11,7 @@ import typing
 
 from kd_keras.data import DataError, data_path
 from kd_keras.recipes.config import ConfigError, check_bounds, check_config
-from kd_keras.transfer import HELDOUT_FOLDER
+from kd_keras.transfer import HELDOUT_FOLDERS
 
 __all__ = [
     "BUILTIN_STUDENTS",
@@ -52,8 +52,13 @@ CHOICES = {
     "pooling": ("mean", "attention"),
 }
 
+# The shipped transfer corpora (`kd_keras.transfer.HELDOUT_FOLDERS`): the default
+# unlabeled sentences, Chinese for the named Chinese teachers.
+ENGLISH_CORPUS, CHINESE_CORPUS = HELDOUT_FOLDERS
+CHINESE_TEACHERS = ("m3e-small",)
+
 # `--preset NAME`: settings under the config file and the flags (`DistillConfig.from_preset`).
-# "quality", chosen on STS-B dev and the held-out fidelity (README, Training that converges):
+# "quality", chosen on STS-B dev and the held-out fidelity (docs: Training that converges):
 # the 2-layer BERT student (dev 85.02 against the BiLSTM's 83.50, fidelity 82.50 against
 # 73.11 at 1,600 steps), stopped on dev and kept at its best checkpoint.
 PRESETS = {
@@ -66,10 +71,12 @@ class DistillConfig:
     """Settings of a `kd-keras distill` run; the flags mirror the fields (`HELP`).
 
     Data: `train`, `dev`, `test` default to the STS-B splits of the data
-    folder (`kd_keras.data.data_dir`); `unlabeled` to its English transfer
-    corpus, `transfer-en/*.txt.gz` (`"none"` for no unlabeled sentences),
+    folder (`kd_keras.data.data_dir`); `unlabeled` to its transfer corpus in
+    the teacher's language, `transfer-en/*.txt.gz` (`transfer-zh/*.txt.gz`
+    for the Chinese `"m3e-small"`; `"none"` for no unlabeled sentences),
     whose held-out tails (`kd_keras.transfer.split_heldout`) are never
-    sampled for training; `fidelity` to those tails, `fidelity_limit`
+    sampled for training; `fidelity` to the held-out tails of the shipped
+    corpora that `unlabeled` samples (else of `transfer-en`), `fidelity_limit`
     sentences of each file, when the data folder has the corpus (`"none"`
     for no fidelity table; files or globs for your own sentences).
 
@@ -181,11 +188,12 @@ class DistillConfig:
             if getattr(c, split) is None:
                 setattr(c, split, data_path("stsb", name, override=c.data_dir))
         if c.unlabeled is None:
-            c.unlabeled = data_path("transfer-en", "*.txt.gz", override=c.data_dir)
+            corpus = CHINESE_CORPUS if c.teacher in CHINESE_TEACHERS else ENGLISH_CORPUS
+            c.unlabeled = data_path(corpus, "*.txt.gz", override=c.data_dir)
         if c.unlabeled == "none":
             c.unlabeled = ""  # none, and stays none when resolved again (`None` is the default)
         if c.fidelity is None:  # the corpus' held-out tails, when the data folder has them
-            c.fidelity = _transfer_glob(c.data_dir)
+            c.fidelity = _sampled_corpora(c.unlabeled) or _transfer_glob(c.data_dir)
         runs = pathlib.Path.cwd() / "runs"
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         c.output_dir = os.path.abspath(c.output_dir) if c.output_dir else str(runs / stamp)
@@ -256,10 +264,21 @@ class DistillConfig:
         )
 
 
+def _sampled_corpora(unlabeled):
+    """`<folder>/*.txt.gz` of each shipped transfer corpus that `unlabeled` takes files of
+    (comma-separated), or `None`: their held-out tails are the default fidelity sets."""
+    folders = []
+    for spec in (s.strip() for s in (unlabeled or "").split(",")):
+        folder = os.path.dirname(os.path.abspath(spec)) if spec else ""
+        if os.path.basename(folder) in HELDOUT_FOLDERS and folder not in folders:
+            folders.append(folder)
+    return ",".join(os.path.join(f, "*.txt.gz") for f in folders) or None
+
+
 def _transfer_glob(override):
     """`<data folder>/transfer-en/*.txt.gz`, or `None` without a data folder or that corpus."""
     try:
-        folder = data_path(HELDOUT_FOLDER, override=override)
+        folder = data_path(ENGLISH_CORPUS, override=override)
     except DataError:
         return None
     return os.path.join(folder, "*.txt.gz") if os.path.isdir(folder) else None
@@ -294,15 +313,17 @@ HELP = {
     "max_score": "largest gold score (scores are divided by it)",
     "unlabeled": "extra unlabeled sentences, one per line (its first tab-separated field): files "
     "or globs, comma-separated, plain or .gz ('none' to skip; default: the data folder's "
-    "transfer-en/*.txt.gz, 1.05M sentences of 23 sources)",
+    "transfer-en/*.txt.gz, 1.05M sentences of 23 sources; transfer-zh/*.txt.gz, 679k Chinese "
+    "sentences of 18 sources, for --teacher m3e-small)",
     "unlabeled_limit": "how many unlabeled sentences to sample (at random, seeded) from them all "
-    "(never the last 500 of a transfer-en file: held out for --fidelity)",
+    "(never the last 500 of a transfer-en or transfer-zh file: held out for --fidelity)",
     "fidelity": "sentences to measure the student's fidelity to the teacher on, without labels "
     "(per file: Spearman of the two models' cosines of 2,000 random pairs, nearest-neighbour "
     "recall@10), through both exports after training: files or globs, comma-separated, one "
     "sentence per line, plain or .gz ('none' to skip; default: the held-out last 500 sentences of "
-    "each transfer-en file, when the data folder has them; a transfer-en file given here also "
-    "gives its held-out tail)",
+    "each file of the transfer corpus --unlabeled samples, transfer-en or transfer-zh, else of "
+    "transfer-en, when the data folder has them; a file of those corpora given here also gives "
+    "only its held-out tail)",
     "fidelity_limit": "sentences per --fidelity file (a seeded sample; 0: all)",
     "labels": "labels folders made by `kd-keras label` with the same teacher (comma-separated), "
     "streamed as more unlabeled pairs",

@@ -2,8 +2,9 @@
 
 1. the teacher (default: offline all-MiniLM-L6-v2) over a transfer set: the
    training pairs, unlabeled sentences (by default `unlabeled_limit`, 40,000,
-   sampled from the data folder's English transfer corpus,
-   `transfer-en/*.txt.gz`, never from the held-out tails of its files) and
+   sampled from the data folder's transfer corpus, `transfer-en/*.txt.gz`, or
+   `transfer-zh/*.txt.gz` for a Chinese teacher, never from the held-out tails
+   of its files) and
    Tang et al. augmentation (`kd_keras.transfer.transfer_parts`). The gold
    pairs' sentences are labeled into one cache file (`kd_keras.teacher_pass`),
    the unlabeled and augmented ones into resumable shards (`kd_keras.labels`,
@@ -21,7 +22,7 @@
    on the same path, each in a fresh process: test Spearman and Pearson,
    parameters, size on disk, CPU sentences per second; and their agreement on
    unlabeled sentences, per source (`agreement`: by default the held-out
-   tails of the transfer-en files, which training never samples);
+   tails of the transfer corpus files, which training never samples);
 4. `metrics.json`, `report.md` and PNG plots in the run folder.
 
 Ctrl-C leaves a resumable run: run the same command with `--output-dir` of
@@ -111,7 +112,7 @@ def _load_data(c):
     """`({split: (a, b, scores)}, unlabeled sentences, {file name: sentences sampled},
     {absolute path: held-out sentences})`.
 
-    The held-out tails of the transfer-en files (`kd_keras.transfer.split_heldout`)
+    The held-out tails of the transfer corpus files (`kd_keras.transfer.split_heldout`)
     are never sampled; they are returned for the fidelity step.
     """
     columns = c.pair_columns()

@@ -398,6 +398,11 @@ def _cell(text, chars=80):
     return text.replace("|", "\\|")
 
 
+def _corpus_name(source):
+    """The transfer corpus (`transfer-en`, `transfer-zh`) a fidelity source's file is of."""
+    return os.path.basename(os.path.dirname(source.get("file", ""))) or "transfer corpus"
+
+
 def _fidelity_section(metrics):
     """The per-source fidelity table (`agreement`), or the line saying why there is none."""
     f = metrics.get("fidelity")
@@ -408,14 +413,15 @@ def _fidelity_section(metrics):
     k, held_out = f["k"], [r.get("held_out") for r in f["sources"].values()]
     where = f"the sentences of each file of `{metrics['config'].get('fidelity')}`"
     if all(held_out):
+        corpora = sorted({_corpus_name(r) for r in f["sources"].values()})
         where = (
-            "the held-out sentences of each transfer-en source (the last "
+            f"the held-out sentences of each {' and '.join(corpora)} source (the last "
             f"{HELDOUT_SENTENCES} of each file, never sampled for training)"
         )
     elif any(held_out):
         where += (
-            f" (of a transfer-en file, its held-out last {HELDOUT_SENTENCES}, never sampled for "
-            "training)"
+            f" (of a transfer corpus file, its held-out last {HELDOUT_SENTENCES}, never sampled "
+            "for training)"
         )
     per = f"up to {f['sentences_per_source']:,}" if f["sentences_per_source"] else "all"
     sources = sorted(f["sources"].items(), key=lambda kv: kv[1]["spearman"])
